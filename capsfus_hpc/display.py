@@ -1,0 +1,77 @@
+"""Rendering for people: status tables, progress bars and summaries (Rich).
+
+Text from data (errors quoting captions, file names) is passed through `safe` so a terminal
+never replays control or escape sequences from it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .status import DONE, FAILED, RUNNING, RunStatus
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_STATE_STYLE = {DONE: "green", RUNNING: "cyan", FAILED: "red"}
+
+
+def safe(text: object) -> str:
+    """Printable text with Rich markup escaped and control characters shown as \\xNN."""
+    return escape(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text)))
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def status_table(status: RunStatus, title: str) -> Table:
+    table = Table(title=safe(title), show_lines=False)
+    for column, justify in (("shard", "right"), ("rows", "right"), ("ok", "right"), ("state", "left"),
+                            ("tries", "right"), ("rows/s", "right"), ("eta", "right"), ("error", "left")):
+        table.add_column(column, justify=justify)
+    for shard in status.shards:
+        style = _STATE_STYLE.get(shard.state, "")
+        table.add_row(
+            str(shard.shard), f"{shard.rows_done}/{shard.rows_total}", str(shard.ok_rows),
+            f"[{style}]{shard.state}[/]" if style else shard.state, str(shard.attempts),
+            f"{shard.rate:.1f}" if shard.rate else "-", duration(shard.eta_s), safe(shard.error or ""),
+        )
+    counts = ", ".join(f"{n} {state}" for state, n in status.counts.items() if n)
+    table.caption = (f"{status.rows_done}/{status.rows_total} rows, {status.ok_rows} ok; {counts}; "
+                     f"rate {status.rate:.1f} rows/s, eta {duration(status.eta_s)}" if status.rate else
+                     f"{status.rows_done}/{status.rows_total} rows, {status.ok_rows} ok; {counts}")
+    return table
+
+
+@contextmanager
+def row_progress(console: Console, description: str, total: int):
+    """A progress bar over rows; yields a function that sets how many are done."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+        task = progress.add_task(safe(description), total=total)
+        update: Callable[[int], None] = lambda done: progress.update(task, completed=done)
+        yield update
+
+
+def stats_table(stats: dict, title: str) -> Table:
+    table = Table(title=safe(title), show_header=False)
+    table.add_column("what")
+    table.add_column("rows", justify="right")
+    table.add_row("rows in", str(stats["rows_in"]))
+    table.add_row("fused ok", str(stats["ok"]))
+    for reason, count in stats["rejected"].items():
+        table.add_row(f"rejected: {safe(reason)}", str(count))
+    table.add_row(f"duplicates ({safe(stats['dedup_key'])})", str(stats["duplicates"]))
+    table.add_row("[bold]rows out[/]", f"[bold]{stats['rows_out']}[/]")
+    return table

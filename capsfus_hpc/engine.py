@@ -1,0 +1,114 @@
+"""The fusion engine: a causal LM (transformers + accelerate) that writes fused captions.
+
+Generation is deterministic (no sampling) whatever the model's generation_config says, so a
+chunk regenerated after a crash gives the same captions.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as transformers_logging
+
+from .prompt import PromptBuilder
+from .settings import RunSettings
+
+log = logging.getLogger(__name__)
+
+EOS = "eos"
+LENGTH = "length"
+
+
+@dataclass(frozen=True)
+class Fusion:
+    fused_caption: str
+    finish_reason: str  # EOS or LENGTH
+    prompt_tokens: int
+    completion_tokens: int  # generated tokens, the end-of-sequence token included
+
+
+def _dtype(name: str, on_gpu: bool) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if on_gpu else torch.float32
+    try:
+        return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+                "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}: use auto, bf16, fp16 or fp32") from None
+
+
+class FusionEngine:
+    def __init__(self, model, tokenizer, num_beams: int, max_new_tokens: int, max_prompt_tokens: int, batch_size: int):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.prompts = PromptBuilder(tokenizer, max_prompt_tokens)
+        self.num_beams = num_beams
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.eos_id = tokenizer.eos_token_id
+        # LLaMA tokenizers may lack a pad token; left padding is masked out, so any id serves.
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+
+    @classmethod
+    def load(cls, settings: RunSettings) -> "FusionEngine":
+        on_gpu = torch.cuda.is_available()
+        transformers_logging.disable_progress_bar()  # task logs get one line per chunk instead
+        revision = settings.model_revision if not str(settings.model_revision or "").startswith("local:") else None
+        tokenizer = AutoTokenizer.from_pretrained(
+            settings.model, revision=revision, padding_side="left", trust_remote_code=settings.trust_remote_code
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            settings.model,
+            revision=revision,
+            dtype=_dtype(settings.dtype, on_gpu),
+            device_map=settings.device_map if on_gpu else None,
+            trust_remote_code=settings.trust_remote_code,
+        )
+        model.eval()
+        log.info("loaded %s on %s (%s)", settings.model, model.device, model.dtype)
+        return cls(model, tokenizer, settings.num_beams, settings.max_new_tokens,
+                   settings.max_prompt_tokens, settings.batch_size)
+
+    def fuse(self, pairs: list[tuple[str, str]]) -> list[Fusion]:
+        """Fused captions in input order; batches are formed from length-sorted prompts."""
+        encoded = self.prompts.encode(pairs)
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        results: list[Fusion | None] = [None] * len(encoded)
+        for begin in range(0, len(order), self.batch_size):
+            batch = order[begin : begin + self.batch_size]
+            for index, fusion in zip(batch, self._generate([encoded[i] for i in batch])):
+                results[index] = fusion
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _generate(self, prompts: list[list[int]]) -> list[Fusion]:
+        width = max(len(ids) for ids in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, ids in enumerate(prompts):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention_mask[row, width - len(ids) :] = 1
+        device = self.model.device
+        output = self.model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            num_beams=self.num_beams,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_id,
+        )
+        generated = output[:, width:].tolist()
+        return [self._fusion(tokens, len(ids)) for tokens, ids in zip(generated, prompts)]
+
+    def _fusion(self, tokens: list[int], prompt_tokens: int) -> Fusion:
+        if self.eos_id in tokens:
+            tokens = tokens[: tokens.index(self.eos_id) + 1]
+            finish_reason = EOS
+        else:
+            finish_reason = LENGTH
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        return Fusion(text, finish_reason, prompt_tokens, len(tokens))

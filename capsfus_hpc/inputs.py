@@ -1,0 +1,250 @@
+"""Input files: parquet read by footer, JSON inputs staged once to parquet, and fingerprints.
+
+Workers only ever read parquet. A JSON list, JSON Lines or .jsonl.zst input is converted once
+to a staging parquet file; a line that cannot be read (bad UTF-8, malformed JSON, not an
+object) still becomes a row, with its captions null and the reason in INPUT_ERROR, so the
+worker rejects it with its line number instead of it vanishing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zstandard
+
+from .atomic import atomic_write, sha256_bytes, sha256_file
+from .columns import INPUT_ERROR, ColumnMapping
+from .errors import CapsfusError
+
+PARQUET = "parquet"
+JSON_LIST = "json"
+JSON_LINES = "jsonl"
+JSON_LINES_ZST = "jsonl.zst"
+_STAGING_BATCH_ROWS = 10_000
+
+
+def detect_format(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith((".parquet", ".pq")):
+        return PARQUET
+    if name.endswith(".zst"):
+        return JSON_LINES_ZST
+    if name.endswith((".jsonl", ".ndjson")):
+        return JSON_LINES
+    if name.endswith(".json"):
+        return JSON_LIST if _first_non_space(path) == b"[" else JSON_LINES
+    raise CapsfusError(f"{path}: unknown input format (expected .parquet, .json, .jsonl or .jsonl.zst)")
+
+
+def _first_non_space(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        while block := handle.read(4096):
+            stripped = block.lstrip()
+            if stripped:
+                return stripped[:1]
+    return b""
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What identifies a file's content cheaply: a later change to any of these is detected."""
+
+    size: int
+    mtime_ns: int
+    footer_sha256: str | None = None  # parquet only
+    content_sha256: str | None = None  # staged sources only
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def parquet_fingerprint(path: Path) -> Fingerprint:
+    stat = path.stat()
+    with open(path, "rb") as handle:
+        handle.seek(max(stat.st_size - 8, 0))
+        tail = handle.read(8)
+        if len(tail) != 8 or tail[4:] != b"PAR1":
+            raise CapsfusError(f"{path}: not a parquet file (no PAR1 footer)")
+        footer_length = int.from_bytes(tail[:4], "little")
+        handle.seek(max(stat.st_size - 8 - footer_length, 0))
+        footer = handle.read(footer_length + 8)
+    return Fingerprint(size=stat.st_size, mtime_ns=stat.st_mtime_ns, footer_sha256=sha256_bytes(footer))
+
+
+def stat_fingerprint(path: Path, content_sha256: str | None = None) -> Fingerprint:
+    stat = path.stat()
+    return Fingerprint(size=stat.st_size, mtime_ns=stat.st_mtime_ns, content_sha256=content_sha256)
+
+
+def read_footer(path: Path) -> pq.FileMetaData:
+    """The parquet footer, or an error that names the file."""
+    try:
+        return pq.ParquetFile(path).metadata
+    except (OSError, pa.ArrowException) as exc:
+        raise CapsfusError(f"{path}: unreadable parquet file: {exc}") from exc
+
+
+# ---------------------------------------------------------------- JSON records
+
+
+@dataclass(frozen=True)
+class Record:
+    line: int  # 1-based line (JSON Lines) or element index + 1 (JSON list)
+    values: dict[str, Any] | None
+    error: str | None  # "code: detail" when the record could not be read
+
+
+def iter_records(path: Path, fmt: str) -> Iterator[Record]:
+    if fmt == JSON_LIST:
+        yield from _json_list_records(path)
+        return
+    with open(path, "rb") as raw:
+        if fmt == JSON_LINES_ZST:
+            stream = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
+        else:
+            stream = raw
+        try:
+            yield from _json_lines_records(stream)
+        except zstandard.ZstdError as exc:
+            raise CapsfusError(f"{path}: corrupt zstandard stream: {exc}") from exc
+
+
+def _json_lines_records(stream: io.BufferedIOBase) -> Iterator[Record]:
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield Record(number, None, f"invalid_utf8: line {number}: byte {exc.start} is not valid UTF-8")
+            continue
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield Record(number, None, f"malformed_json: line {number}: {exc.msg} at column {exc.colno}")
+            continue
+        if not isinstance(value, dict):
+            yield Record(number, None, f"not_an_object: line {number}: a JSON {type(value).__name__}, not an object")
+            continue
+        yield Record(number, value, None)
+
+
+def _json_list_records(path: Path) -> Iterator[Record]:
+    # The CapsFusion example layout is one JSON list; it has to be parsed whole.
+    try:
+        document = json.loads(path.read_bytes())
+    except UnicodeDecodeError as exc:
+        raise CapsfusError(f"{path}: not valid UTF-8 at byte {exc.start}") from exc
+    except json.JSONDecodeError as exc:
+        raise CapsfusError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+    if not isinstance(document, list):
+        raise CapsfusError(f"{path}: expected a JSON list of objects, found a {type(document).__name__}")
+    for index, value in enumerate(document):
+        if isinstance(value, dict):
+            yield Record(index + 1, value, None)
+        else:
+            yield Record(index + 1, None, f"not_an_object: element {index}: a JSON {type(value).__name__}")
+
+
+# ---------------------------------------------------------------- staging
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int" if -(2**63) <= value < 2**63 else "other"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    return "other"
+
+
+def _arrow_type(kinds: set[str]) -> pa.DataType:
+    """One column type for all values; anything mixed is kept as JSON text."""
+    if kinds == {"bool"}:
+        return pa.bool_()
+    if kinds == {"int"}:
+        return pa.int64()
+    if kinds and kinds <= {"int", "float"}:
+        return pa.float64()
+    return pa.string()
+
+
+def _cell(value: Any, arrow_type: pa.DataType) -> Any:
+    if value is None or not pa.types.is_string(arrow_type) or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _staging_schema(path: Path, fmt: str, columns: ColumnMapping) -> pa.Schema:
+    kinds: dict[str, set[str]] = {}
+    for record in iter_records(path, fmt):
+        for name, value in (record.values or {}).items():
+            seen = kinds.setdefault(name, set())
+            if value is not None:
+                seen.add(_kind(value))
+    if not kinds:
+        raise CapsfusError(f"{path}: no readable records")
+    columns.check(list(kinds), str(path), key_required=False)
+    text_columns = {columns.raw_caption, columns.synthetic_caption, columns.key}
+    fields = [pa.field(name, pa.string() if name in text_columns else _arrow_type(seen)) for name, seen in kinds.items()]
+    return pa.schema([*fields, pa.field(INPUT_ERROR, pa.string())])
+
+
+def _staging_row(record: Record, schema: pa.Schema, columns: ColumnMapping) -> dict[str, Any]:
+    if record.values is None:
+        return {INPUT_ERROR: record.error}
+    row: dict[str, Any] = {}
+    problems = []
+    for field in schema:
+        if field.name == INPUT_ERROR:
+            continue
+        value = record.values.get(field.name)
+        if field.name in (columns.raw_caption, columns.synthetic_caption) and value is not None and not isinstance(value, str):
+            problems.append(f"{field.name} is a {type(value).__name__}, not a string")
+            value = None
+        row[field.name] = _cell(value, field.type)
+    if problems:
+        row[INPUT_ERROR] = f"not_a_string: line {record.line}: " + "; ".join(problems)
+    return row
+
+
+def stage_to_parquet(source: Path, fmt: str, staging_dir: Path, columns: ColumnMapping) -> tuple[Path, str]:
+    """Convert a JSON input to parquet once; a staged file named by the source's hash is reused.
+
+    Returns the staged file and the source's content hash."""
+    content_sha256 = sha256_file(source)
+    target = staging_dir / f"{source.name}.{content_sha256[:16]}.parquet"
+    if target.exists():
+        return target, content_sha256
+    schema = _staging_schema(source, fmt, columns)
+
+    def write(tmp: Path) -> None:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            batch: list[dict[str, Any]] = []
+            for record in iter_records(source, fmt):
+                batch.append(_staging_row(record, schema, columns))
+                if len(batch) == _STAGING_BATCH_ROWS:
+                    writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                    batch = []
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+
+    atomic_write(target, write)
+    return target, content_sha256
+
+
+def check_readable(path: Path) -> None:
+    if not path.exists():
+        raise CapsfusError(f"{path}: no such input file")
+    if not os.access(path, os.R_OK) or path.is_dir():
+        raise CapsfusError(f"{path}: not a readable file")

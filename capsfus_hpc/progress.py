@@ -1,0 +1,106 @@
+"""A shard's progress record: the committed chunks (the resume contract) and its attempts.
+
+The record is the only proof that a part is committed: a part file without an entry here is
+an orphan of a crash and is overwritten when its chunk is redone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from .atomic import atomic_write_json
+from .errors import CapsfusError
+from .manifest import Shard
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    index: int  # part file number within the shard
+    row_id_start: int
+    row_id_stop: int
+    ok_rows: int
+    sha256: str  # of the part file's bytes
+    bytes: int
+    seconds: float  # time spent on the chunk: read, generate, write
+    committed_at: float  # unix time
+
+    @property
+    def rows(self) -> int:
+        return self.row_id_stop - self.row_id_start
+
+
+@dataclass(frozen=True)
+class Attempt:
+    started_at: float
+    host: str
+    pid: int
+    job_id: str | None
+    ended_at: float | None = None
+    error: str | None = None  # None with ended_at set: the attempt finished its shards
+
+
+@dataclass(frozen=True)
+class ProgressRecord:
+    shard: int
+    row_id_start: int
+    row_id_stop: int
+    chunks: tuple[ChunkRecord, ...] = ()
+    attempts: tuple[Attempt, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def new(cls, shard: Shard) -> "ProgressRecord":
+        return cls(shard.id, shard.row_id_start, shard.row_id_stop)
+
+    @property
+    def rows_done(self) -> int:
+        return sum(c.rows for c in self.chunks)
+
+    @property
+    def next_row_id(self) -> int:
+        return self.chunks[-1].row_id_stop if self.chunks else self.row_id_start
+
+    @property
+    def done(self) -> bool:
+        return self.next_row_id == self.row_id_stop
+
+    @property
+    def last_attempt(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+    def with_chunk(self, chunk: ChunkRecord) -> "ProgressRecord":
+        if chunk.row_id_start != self.next_row_id or chunk.index != len(self.chunks):
+            raise ValueError(f"chunk {chunk.index} does not follow the committed rows of shard {self.shard}")
+        return replace(self, chunks=(*self.chunks, chunk))
+
+    def with_attempt(self, attempt: Attempt) -> "ProgressRecord":
+        return replace(self, attempts=(*self.attempts, attempt))
+
+    def with_attempt_ended(self, ended_at: float, error: str | None) -> "ProgressRecord":
+        last = replace(self.attempts[-1], ended_at=ended_at, error=error)
+        return replace(self, attempts=(*self.attempts[:-1], last))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ProgressRecord":
+        return cls(
+            shard=data["shard"], row_id_start=data["row_id_start"], row_id_stop=data["row_id_stop"],
+            chunks=tuple(ChunkRecord(**c) for c in data["chunks"]),
+            attempts=tuple(Attempt(**a) for a in data["attempts"]),
+        )
+
+
+def read_progress(path: Path) -> ProgressRecord | None:
+    try:
+        return ProgressRecord.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CapsfusError(f"{path}: damaged progress record ({exc})") from exc
+
+
+def write_progress(path: Path, record: ProgressRecord) -> None:
+    atomic_write_json(path, record.as_dict())

@@ -1,0 +1,138 @@
+"""run.json: the settings a run folder is frozen with.
+
+The first command against a folder writes them; every later command passes only the options
+the user gave, which must equal the frozen ones (anything not given is inherited). A change of
+package version is allowed and reported, since it cannot change what a committed part holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .atomic import atomic_write_json
+from .errors import CapsfusError
+from .manifest import Manifest, load_manifest, manifest_sha256
+from .paths import RunPaths
+from .prompt import template_sha256
+
+DEFAULT_CHUNK_ROWS = 2048
+DEFAULT_BATCH_SIZE = 16
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    manifest: str
+    manifest_sha256: str
+    model: str
+    model_revision: str | None
+    prompt_template_sha256: str
+    columns: dict
+    num_beams: int = 3
+    max_new_tokens: int = 80
+    max_prompt_tokens: int = 256
+    dtype: str = "auto"  # bf16 on GPU, fp32 on CPU
+    device_map: str | None = "auto"  # used on GPU only, through accelerate
+    batch_size: int = DEFAULT_BATCH_SIZE
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    max_caption_chars: int = 4000
+    trust_remote_code: bool = False
+    package_version: str = __version__
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# Options a user may pass to a run command; None means "not given".
+TUNABLE = ("num_beams", "max_new_tokens", "max_prompt_tokens", "dtype", "device_map", "batch_size",
+           "chunk_rows", "max_caption_chars", "trust_remote_code")
+
+
+def model_revision(model: str, revision: str | None) -> str | None:
+    """A hub id keeps the user's revision; a local folder is identified by its files."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return revision
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            digest.update(f"{path.name}:{path.stat().st_size}\n".encode())
+            if path.suffix == ".json":
+                digest.update(path.read_bytes())
+    return "local:" + digest.hexdigest()[:16]
+
+
+def requested_settings(manifest_path: Path, model: str, revision: str | None, **options: Any) -> RunSettings:
+    """Settings for a new run: defaults, overridden by whatever the user gave."""
+    manifest_path = manifest_path.absolute()
+    manifest = load_manifest(manifest_path)
+    model_id = str(Path(model).absolute()) if Path(model).exists() else model
+    unknown = set(options) - set(TUNABLE)
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)}")
+    given = {k: v for k, v in options.items() if v is not None}
+    return RunSettings(
+        manifest=str(manifest_path),
+        manifest_sha256=manifest_sha256(manifest_path),
+        model=model_id,
+        model_revision=model_revision(model_id, revision),
+        prompt_template_sha256=template_sha256(),
+        columns=manifest.columns.as_dict(),
+        **given,
+    )
+
+
+def differences(frozen: RunSettings, requested: RunSettings, given: set[str]) -> list[str]:
+    """Fields where the request contradicts the frozen run; only given options are compared."""
+    always = {"manifest", "manifest_sha256", "model", "model_revision", "prompt_template_sha256", "columns"}
+    lines = []
+    for field in fields(RunSettings):
+        name = field.name
+        if name in always or name in given:
+            old, new = getattr(frozen, name), getattr(requested, name)
+            if old != new:
+                lines.append(f"{name}: run has {old!r}, this command asks for {new!r}")
+    return lines
+
+
+def open_or_create(paths: RunPaths, requested: RunSettings, given: set[str]) -> RunSettings:
+    """The run's settings: created on first use, afterwards checked against the request."""
+    if not paths.run_config.exists():
+        paths.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(paths.run_config, requested.as_dict())
+        return requested
+    frozen = load_settings(paths)
+    problems = differences(frozen, requested, given)
+    if problems:
+        raise CapsfusError(
+            f"{paths.run_config} was created with other settings; use a new --output folder or the same options:\n  "
+            + "\n  ".join(problems)
+        )
+    return frozen
+
+
+def load_settings(paths: RunPaths) -> RunSettings:
+    try:
+        data = json.loads(paths.run_config.read_text())
+    except FileNotFoundError as exc:
+        raise CapsfusError(f"{paths.root}: not a run folder (no run.json); start one with 'capsfus-hpc submit'") from exc
+    except json.JSONDecodeError as exc:
+        raise CapsfusError(f"{paths.run_config}: invalid JSON: {exc}") from exc
+    known = {f.name for f in fields(RunSettings)}
+    return RunSettings(**{k: v for k, v in data.items() if k in known})
+
+
+def load_run(paths: RunPaths) -> tuple[RunSettings, Manifest]:
+    """The frozen settings and the manifest they name, refusing a manifest changed since."""
+    settings = load_settings(paths)
+    manifest_path = Path(settings.manifest)
+    if not manifest_path.exists():
+        raise CapsfusError(f"the run's manifest {manifest_path} is gone")
+    if manifest_sha256(manifest_path) != settings.manifest_sha256:
+        raise CapsfusError(f"the run's manifest {manifest_path} changed since the run started; "
+                           "use a new --output folder for a new manifest")
+    return settings, load_manifest(manifest_path)

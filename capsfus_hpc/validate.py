@@ -1,0 +1,23 @@
+"""Which input rows can be fused: each bad row gets a reason code and a readable detail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def input_problem(raw: Any, synthetic: Any, staging_error: str | None, columns, max_chars: int) -> tuple[str, str] | None:
+    """(reason, detail) when a row cannot be fused, else None. Never raises."""
+    if staging_error:
+        code, _, detail = staging_error.partition(": ")
+        return code, detail
+    for role, name, value in (("raw_caption", columns.raw_caption, raw),
+                              ("synthetic_caption", columns.synthetic_caption, synthetic)):
+        if value is None:
+            return f"{role}_null", f"{name} is null"
+        if not isinstance(value, str):
+            return f"{role}_not_string", f"{name} is a {type(value).__name__}, not a string"
+        if not value.strip():
+            return f"{role}_empty", f"{name} is empty or whitespace"
+        if len(value) > max_chars:
+            return f"{role}_too_long", f"{name} has {len(value)} characters, over the limit of {max_chars}"
+    return None

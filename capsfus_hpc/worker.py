@@ -1,0 +1,177 @@
+"""The fusion worker: runs shards chunk by chunk, committing every chunk durably.
+
+`run_shards` is the task function both launchers submit: module-level, plain arguments, and
+everything else read from the run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import __version__
+from .atomic import atomic_write_bytes, sha256_bytes
+from .columns import (
+    COMPLETION_TOKENS, DETAIL, FINISH_REASON, FUSED_CAPTION, INPUT_ERROR, PROMPT_TOKENS, REASON, ROW_ID,
+    STATUS, STATUS_INVALID, STATUS_OK, ColumnMapping,
+)
+from .errors import CapsfusError
+from .manifest import Manifest, verify_input
+from .paths import RunPaths
+from .progress import Attempt, ChunkRecord, ProgressRecord, read_progress, write_progress
+from .settings import RunSettings, load_run
+from .shard_reader import ShardReader
+from .validate import input_problem
+
+log = logging.getLogger(__name__)
+
+
+def chunk_ranges(record: ProgressRecord, chunk_rows: int) -> list[tuple[int, int]]:
+    """The uncommitted row-id ranges of a shard, cut on the grid shard start + k * chunk_rows."""
+    ranges = []
+    start = record.next_row_id
+    while start < record.row_id_stop:
+        grid_index = (start - record.row_id_start) // chunk_rows + 1
+        stop = min(record.row_id_start + grid_index * chunk_rows, record.row_id_stop)
+        ranges.append((start, stop))
+        start = stop
+    return ranges
+
+
+def fuse_chunk(table: pa.Table, row_id_start: int, columns: ColumnMapping, max_caption_chars: int,
+               engine: Callable[[], object]) -> pa.Table:
+    """One output row per input row: the input columns plus the fused caption and its status."""
+    rows = table.num_rows
+    raw = table.column(columns.raw_caption).to_pylist()
+    synthetic = table.column(columns.synthetic_caption).to_pylist()
+    staging_errors = table.column(INPUT_ERROR).to_pylist() if INPUT_ERROR in table.column_names else [None] * rows
+    problems = [input_problem(raw[i], synthetic[i], staging_errors[i], columns, max_caption_chars) for i in range(rows)]
+    valid = [i for i in range(rows) if problems[i] is None]
+    fusions = dict(zip(valid, engine().fuse([(raw[i], synthetic[i]) for i in valid]))) if valid else {}
+
+    def column(value: Callable[[int], object], arrow_type: pa.DataType) -> pa.Array:
+        return pa.array([value(i) for i in range(rows)], arrow_type)
+
+    added = {
+        FUSED_CAPTION: column(lambda i: fusions[i].fused_caption if i in fusions else None, pa.string()),
+        STATUS: column(lambda i: STATUS_OK if i in fusions else STATUS_INVALID, pa.string()),
+        REASON: column(lambda i: problems[i][0] if problems[i] else None, pa.string()),
+        DETAIL: column(lambda i: problems[i][1] if problems[i] else None, pa.string()),
+        FINISH_REASON: column(lambda i: fusions[i].finish_reason if i in fusions else None, pa.string()),
+        PROMPT_TOKENS: column(lambda i: fusions[i].prompt_tokens if i in fusions else None, pa.int32()),
+        COMPLETION_TOKENS: column(lambda i: fusions[i].completion_tokens if i in fusions else None, pa.int32()),
+    }
+    if INPUT_ERROR in table.column_names:
+        table = table.drop_columns([INPUT_ERROR])
+    table = table.add_column(0, ROW_ID, pa.array(range(row_id_start, row_id_start + rows), pa.int64()))
+    for name, array in added.items():
+        table = table.append_column(name, array)
+    return table
+
+
+def commit_chunk(paths: RunPaths, record: ProgressRecord, table: pa.Table, seconds: float) -> ProgressRecord:
+    """Make one chunk durable and return the progress record that now names it."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    data = sink.getvalue().to_pybytes()
+    index = len(record.chunks)
+    row_ids = table.column(ROW_ID)
+    chunk = ChunkRecord(
+        index=index, row_id_start=row_ids[0].as_py(), row_id_stop=row_ids[-1].as_py() + 1,
+        ok_rows=table.column(STATUS).to_pylist().count(STATUS_OK), sha256=sha256_bytes(data),
+        bytes=len(data), seconds=round(seconds, 3), committed_at=time.time(),
+    )
+    # Commit order, the contract resume relies on: the part file is durable under its final
+    # name (temp, fsync, rename, fsync dir) BEFORE the progress record naming it is replaced
+    # the same way. A crash in between leaves an orphan part that the redo overwrites.
+    atomic_write_bytes(paths.part(record.shard, index), data)
+    record = record.with_chunk(chunk)
+    write_progress(paths.progress(record.shard), record)
+    return record
+
+
+class _LazyEngine:
+    """Loads the model on first use, once per task, so finished or all-invalid shards cost nothing."""
+
+    def __init__(self, settings: RunSettings):
+        self.settings = settings
+        self.engine = None
+
+    def __call__(self):
+        if self.engine is None:
+            from .engine import FusionEngine
+
+            self.engine = FusionEngine.load(self.settings)
+        return self.engine
+
+
+def _job_id() -> str | None:
+    env = os.environ
+    if "SLURM_ARRAY_JOB_ID" in env:
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '')}"
+    return env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID")
+
+
+def run_shard(paths: RunPaths, settings: RunSettings, manifest: Manifest, shard_id: int, engine: Callable) -> ProgressRecord:
+    shard = manifest.shard(shard_id)
+    record = read_progress(paths.progress(shard_id)) or ProgressRecord.new(shard)
+    if record.done:
+        log.info("shard %d: already done", shard_id)
+        return record
+    record = record.with_attempt(Attempt(time.time(), socket.gethostname(), os.getpid(), _job_id()))
+    write_progress(paths.progress(shard_id), record)
+    try:
+        input_file = manifest.files[shard.file]
+        verify_input(input_file)
+        reader = ShardReader(Path(input_file.path))
+        offset = input_file.row_id_start
+        for start, stop in chunk_ranges(record, settings.chunk_rows):
+            began = time.perf_counter()
+            table = reader.read(start - offset, stop - offset)
+            fused = fuse_chunk(table, start, manifest.columns, settings.max_caption_chars, engine)
+            record = commit_chunk(paths, record, fused, time.perf_counter() - began)
+            chunk = record.chunks[-1]
+            log.info("shard %d chunk %d: rows %d-%d, %d ok, %.1f s", shard_id, chunk.index,
+                     start, stop, chunk.ok_rows, chunk.seconds)
+    except BaseException as exc:
+        message = str(exc) if isinstance(exc, CapsfusError) else f"{type(exc).__name__}: {exc}"
+        write_progress(paths.progress(shard_id), record.with_attempt_ended(time.time(), message or type(exc).__name__))
+        raise
+    record = record.with_attempt_ended(time.time(), None)
+    write_progress(paths.progress(shard_id), record)
+    return record
+
+
+def run_shards(run_dir: str, shard_ids: list[int]) -> dict[int, int]:
+    """Task entry point: fuse the given shards of a run folder; returns committed rows per shard.
+
+    A failing shard is recorded and the others still run; the task fails at the end if any did.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    paths = RunPaths(Path(run_dir))
+    settings, manifest = load_run(paths)
+    if settings.package_version != __version__:
+        log.warning("run.json was written by capsfus-hpc %s; this is %s", settings.package_version, __version__)
+    engine = _LazyEngine(settings)
+    done: dict[int, int] = {}
+    failures: list[str] = []
+    for shard_id in shard_ids:
+        try:
+            done[shard_id] = run_shard(paths, settings, manifest, shard_id, engine).rows_done
+        except Exception as exc:  # recorded in the shard's progress; the next shard still runs
+            log.error("shard %d failed: %s", shard_id, exc)
+            if not isinstance(exc, CapsfusError):
+                log.error("%s", traceback.format_exc())
+            failures.append(f"shard {shard_id}: {exc}")
+    if failures:
+        raise CapsfusError("; ".join(failures))
+    return done
