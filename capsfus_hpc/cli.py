@@ -20,7 +20,6 @@ from .manifest import DEFAULT_ROWS_PER_SHARD, build_manifest
 from .paths import RunPaths
 from .reduce import reduce_run
 from .settings import load_run, open_or_create, requested_settings
-from .smoke import build_smoke_model
 from .status import FAILED, gather_status
 from .worker import run_shards
 
@@ -46,10 +45,10 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except CapsfusError as exc:
-            console.print(f"[red]error:[/] {safe(exc)}")
+            console.print(f"[red]error:[/] {safe(exc)}", soft_wrap=True)
             raise typer.Exit(1) from None
         except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-            console.print(f"[red]error:[/] {safe(exc.filename or '')}: {safe(exc.strerror)}")
+            console.print(f"[red]error:[/] {safe(exc.filename or '')}: {safe(exc.strerror)}", soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -203,6 +202,8 @@ def smoke_model(folder: Annotated[Path, typer.Argument(help="Folder to write the
 
     Example: capsfus-hpc smoke-model /tmp/smoke && capsfus-hpc submit m.json -o run --model /tmp/smoke --local
     """
+    from .smoke import build_smoke_model  # torch and transformers load only for commands that need them
+
     build_smoke_model(folder)
     console.print(f"wrote a smoke model (random weights, gibberish output) to {safe(folder.absolute())}")
 

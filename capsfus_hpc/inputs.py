@@ -107,18 +107,44 @@ def iter_records(path: Path, fmt: str) -> Iterator[Record]:
         yield from _json_list_records(path)
         return
     with open(path, "rb") as raw:
-        if fmt == JSON_LINES_ZST:
-            stream = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
-        else:
-            stream = raw
+        if fmt != JSON_LINES_ZST:
+            yield from _json_lines_records(raw)
+            return
         try:
-            yield from _json_lines_records(stream)
+            yield from _json_lines_records(_lines(_zstd_blocks(raw, path)))
         except zstandard.ZstdError as exc:
             raise CapsfusError(f"{path}: corrupt zstandard stream: {exc}") from exc
 
 
-def _json_lines_records(stream: io.BufferedIOBase) -> Iterator[Record]:
-    for number, line in enumerate(stream, start=1):
+def _zstd_blocks(raw: io.BufferedIOBase, path: Path) -> Iterator[bytes]:
+    """Decompressed bytes of every frame, streamed; a stream that ends mid-frame is refused."""
+    context = zstandard.ZstdDecompressor()
+    frame, in_frame = context.decompressobj(), False
+    while block := raw.read(1 << 20):
+        while block:
+            in_frame = True
+            if out := frame.decompress(block):
+                yield out
+            if not frame.eof:
+                break
+            block, frame, in_frame = frame.unused_data, context.decompressobj(), False
+    if in_frame:
+        raise CapsfusError(f"{path}: truncated zstandard stream (the last frame is incomplete)")
+
+
+def _lines(blocks: Iterator[bytes]) -> Iterator[bytes]:
+    pending = b""
+    for block in blocks:
+        pending += block
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line + b"\n"
+    if pending:
+        yield pending
+
+
+def _json_lines_records(lines: Iterator[bytes]) -> Iterator[Record]:
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -205,17 +231,17 @@ def _staging_row(record: Record, schema: pa.Schema, columns: ColumnMapping) -> d
     if record.values is None:
         return {INPUT_ERROR: record.error}
     row: dict[str, Any] = {}
-    problems = []
+    roles = {columns.raw_caption: "raw_caption", columns.synthetic_caption: "synthetic_caption"}
     for field in schema:
         if field.name == INPUT_ERROR:
             continue
         value = record.values.get(field.name)
-        if field.name in (columns.raw_caption, columns.synthetic_caption) and value is not None and not isinstance(value, str):
-            problems.append(f"{field.name} is a {type(value).__name__}, not a string")
+        if field.name in roles and value is not None and not isinstance(value, str):
+            # The same reason code the worker gives a non-string parquet value (validate.py).
+            row.setdefault(INPUT_ERROR, f"{roles[field.name]}_not_string: line {record.line}: "
+                                        f"{field.name} is a {type(value).__name__}, not a string")
             value = None
         row[field.name] = _cell(value, field.type)
-    if problems:
-        row[INPUT_ERROR] = f"not_a_string: line {record.line}: " + "; ".join(problems)
     return row
 
 

@@ -88,6 +88,19 @@ def _read_part(shard_id: int, chunk, path: Path) -> pa.Table:
     return table
 
 
+def _part_schema(shard_id: int, chunk, path: Path) -> pa.Schema:
+    """The part's schema from its footer; the full checksum is verified when its rows are read."""
+    try:
+        if path.stat().st_size == chunk.bytes:
+            return pq.read_schema(path)
+    except FileNotFoundError as exc:
+        raise CapsfusError(f"shard {shard_id} chunk {chunk.index}: part {path} is missing") from exc
+    except (OSError, pa.ArrowException):
+        pass
+    raise CapsfusError(f"shard {shard_id} chunk {chunk.index}: part {path} does not match its checksum "
+                       f"in the progress record (damaged on disk?)")
+
+
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     arrays = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
               for f in schema]
@@ -147,7 +160,8 @@ def reduce_run(paths: RunPaths, final: Path, on_part: Callable[[int], None] | No
         raise CapsfusError(_incomplete_message(paths, status))
     records = read_records(paths, manifest)
     parts = list(_parts(paths, manifest, records))
-    schema = pa.unify_schemas([pq.read_schema(path) for _, _, path in parts], promote_options="permissive")
+    schema = pa.unify_schemas([_part_schema(shard.id, chunk, path) for shard, chunk, path in parts],
+                              promote_options="permissive")
     data_schema = pa.schema([f for f in schema if f.name not in (STATUS, REASON, DETAIL)])
     rejects_schema = pa.schema([*schema, pa.field(REJECT_REASON, pa.string()), pa.field(REJECT_DETAIL, pa.string()),
                                 pa.field(DUPLICATE_OF, pa.int64())])

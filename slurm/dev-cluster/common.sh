@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034  # variables are used by the scripts that source this file
 # Shared helpers for the dev-cluster scripts (install, up, down, status).
 # Sourced, never executed. All paths / names can be overridden from the
 # environment, but the defaults are what CI and the tests expect.
@@ -181,4 +182,32 @@ make_run_dirs() {
     install -d -m 0755 "$SLURM_RUN_DIR" "$SLURM_LOG_DIR"
     install -d -m 0755 -o munge -g munge /run/munge /var/log/munge
     install -d -m 0755 -o mysql -g mysql /run/mysqld /var/log/mysql
+}
+
+# wait_daemon NAME TIMEOUT PROBE...: wait until PROBE succeeds.
+# Returns 0 when it does, 2 as soon as daemon NAME is no longer running
+# (checked after a 2 s grace period), 1 on timeout.
+wait_daemon() {
+    local name="$1" timeout="$2"; shift 2
+    local start=$SECONDS deadline=$((SECONDS + timeout))
+    while :; do
+        "$@" >/dev/null 2>&1 && return 0
+        if (( SECONDS - start >= 2 )) && ! is_running "$name"; then
+            "$@" >/dev/null 2>&1 && return 0
+            return 2
+        fi
+        (( SECONDS >= deadline )) && return 1
+        sleep 0.5
+    done
+}
+
+# Serialise install/up/down (e.g. parallel test workers all calling `up`).
+# Child scripts inherit DEV_CLUSTER_LOCKED and do not lock again.
+take_lock() {
+    [[ -n "${DEV_CLUSTER_LOCKED:-}" ]] && return 0
+    exec 9>/run/capsfus-dev-cluster.lock
+    if ! flock -w 600 9; then
+        die "could not get /run/capsfus-dev-cluster.lock within 600 s (another install/up/down running?)"
+    fi
+    export DEV_CLUSTER_LOCKED=1
 }

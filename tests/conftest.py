@@ -1,0 +1,61 @@
+"""Shared fixtures: the real CapsFusion captions from ../shared, the smoke model, small runs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from capsfus_hpc.columns import ColumnMapping
+from capsfus_hpc.manifest import build_manifest
+from capsfus_hpc.paths import RunPaths
+from capsfus_hpc.settings import open_or_create, requested_settings
+from capsfus_hpc.smoke import build_smoke_model
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CAPSFUS_SHARED", REPO.parent / "shared"))
+EXAMPLES_5K = SHARED / "data" / "capsfusion_example_5k.json"
+PROMPT_FILE = SHARED / "data" / "capsfusion_prompt.txt"
+
+
+@pytest.fixture(scope="session")
+def real_records() -> list[dict]:
+    """The 5,000 real records of the CapsFusion release; a missing ../shared is an error, not a skip."""
+    assert EXAMPLES_5K.exists(), f"{EXAMPLES_5K} is missing: tests read the shared data set beside the repo"
+    return json.loads(EXAMPLES_5K.read_text())
+
+
+@pytest.fixture(scope="session")
+def smoke_model(tmp_path_factory) -> Path:
+    return build_smoke_model(tmp_path_factory.mktemp("smoke") / "model")
+
+
+def write_parquet(path: Path, records: list[dict], row_group_rows: int = 1000) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(records), path, row_group_size=row_group_rows)
+    return path
+
+
+def with_urls(records: list[dict], duplicate_every: int = 0) -> list[dict]:
+    """Real caption pairs with an image_url key; every Nth row repeats the URL of the row before."""
+    rows = []
+    for i, record in enumerate(records):
+        source = i - 1 if duplicate_every and i % duplicate_every == duplicate_every - 1 else i
+        rows.append({"image_url": f"https://example.org/{source}.jpg", "laion_2b": record["laion_2b"],
+                     "laion_coco": record["laion_coco"]})
+    return rows
+
+
+def make_run(tmp_path: Path, inputs: list[Path], model: Path, rows_per_shard: int, name: str = "run",
+             **options) -> RunPaths:
+    """A manifest and a run folder frozen with the given options (greedy unless told otherwise)."""
+    manifest_path = tmp_path / f"{name}-manifest.json"
+    build_manifest(inputs, manifest_path, rows_per_shard, ColumnMapping())
+    options.setdefault("num_beams", 1)
+    paths = RunPaths(tmp_path / name)
+    open_or_create(paths, requested_settings(manifest_path, str(model), None, **options), set(options))
+    return paths

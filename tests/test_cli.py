@@ -1,0 +1,86 @@
+"""The command line as a user meets it: real subprocesses, exit codes and messages."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import with_urls, write_parquet
+
+
+def capsfus(*args, check=True):
+    result = subprocess.run([sys.executable, "-m", "capsfus_hpc", *map(str, args)], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_missing_column_is_one_line_naming_column_and_file(tmp_path, real_records):
+    source = write_parquet(tmp_path / "nococo.parquet", [{"laion_2b": r["laion_2b"]} for r in real_records[:5]])
+    result = capsfus("manifest", "build", source, "-o", tmp_path / "m.json", check=False)
+    assert_one_line_error(result, str(source), "'laion_coco'")
+
+
+def test_corrupt_input_is_named_at_manifest_time(tmp_path):
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 this is not parquet PAR1")
+    assert_one_line_error(capsfus("manifest", "build", broken, "-o", tmp_path / "m.json", check=False), str(broken))
+    bad_json = tmp_path / "list.json"
+    bad_json.write_text('[{"laion_2b": "a", "laion_coco": "b"},')
+    assert_one_line_error(capsfus("manifest", "build", bad_json, "-o", tmp_path / "m.json", check=False), str(bad_json))
+
+
+def test_manifest_json_output_is_machine_readable(tmp_path, real_records):
+    source = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:100]), row_group_rows=25)
+    result = capsfus("manifest", "build", source, "-o", tmp_path / "m.json", "--rows-per-shard", 50, "--json")
+    summary = json.loads(result.stdout)
+    assert summary["rows"] == 100 and summary["shards"] == 2 and summary["columns"]["key"] == "image_url"
+
+
+def test_submit_status_reduce_through_the_cli(tmp_path, real_records, smoke_model):
+    source = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:40], duplicate_every=10), row_group_rows=10)
+    manifest, run, final = tmp_path / "m.json", tmp_path / "run", tmp_path / "final"
+    capsfus("manifest", "build", source, "-o", manifest, "--rows-per-shard", 20)
+    submitted = capsfus("submit", manifest, "-o", run, "--model", smoke_model, "--local", "--greedy",
+                        "--max-new-tokens", 8, "--workers", 2, "--json")
+    assert sorted(json.loads(submitted.stdout)["shards_run"]) == [0, 1]
+    status = json.loads(capsfus("status", run, "--json").stdout)
+    assert status["counts"]["done"] == 2 and status["rows_done"] == 40
+    stats = json.loads(capsfus("reduce", run, "--final", final, "--json").stdout)
+    assert stats["rows_in"] == 40 and stats["duplicates"] == 4 and stats["rows_out"] == 36
+    # A second submit finds nothing to do; different settings are refused naming the field.
+    again = capsfus("submit", manifest, "-o", run, "--model", smoke_model, "--local", "--json")
+    assert json.loads(again.stdout)["shards_run"] == []
+    refused = capsfus("submit", manifest, "-o", run, "--model", smoke_model, "--local", "--num-beams", 3, check=False)
+    assert refused.returncode == 1 and "num_beams: run has 1, this command asks for 3" in refused.stderr
+
+
+def test_submit_without_local_says_slurm_is_not_built_yet(tmp_path):
+    result = capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run", "--model", "x", check=False)
+    assert_one_line_error(result, "--local")
+
+
+def test_status_of_a_folder_that_is_not_a_run(tmp_path):
+    assert_one_line_error(capsfus("status", tmp_path, check=False), "not a run folder")
+
+
+@pytest.mark.parametrize("command", [[], ["manifest", "build"], ["submit"], ["work"], ["status"], ["reduce"],
+                                     ["smoke-model"], ["demo"]])
+def test_every_command_has_help_with_an_example(command):
+    result = capsfus(*command, "--help")
+    assert "Example" in result.stdout
+
+
+def test_smoke_model_help_says_it_writes_gibberish():
+    assert "gibberish" in capsfus("smoke-model", "--help").stdout

@@ -1,0 +1,50 @@
+import pytest
+
+from capsfus_hpc.engine import EOS, LENGTH, FusionEngine
+from capsfus_hpc.settings import RunSettings
+
+
+def _settings(model, **overrides):
+    return RunSettings(manifest="m.json", manifest_sha256="-", model=str(model), model_revision=None,
+                       prompt_template_sha256="-", columns={}, **overrides)
+
+
+@pytest.fixture(scope="module")
+def pairs(real_records):
+    return [(r["laion_2b"], r["laion_coco"]) for r in real_records[:24]]
+
+
+def test_smoke_model_loads_through_from_pretrained_and_fuses_in_input_order(smoke_model, pairs):
+    engine = FusionEngine.load(_settings(smoke_model, batch_size=5, max_new_tokens=20))
+    fusions = engine.fuse(pairs)
+    assert len(fusions) == len(pairs)
+    prompt_lengths = [len(ids) for ids in engine.prompts.encode(pairs)]
+    assert [f.prompt_tokens for f in fusions] == prompt_lengths
+    for fusion in fusions:
+        assert fusion.fused_caption == fusion.fused_caption.strip()
+        assert fusion.finish_reason in (EOS, LENGTH)
+        if fusion.finish_reason == LENGTH:
+            assert fusion.completion_tokens == 20
+        else:
+            assert 1 <= fusion.completion_tokens <= 20
+    assert {f.finish_reason for f in fusions} == {EOS, LENGTH}, "the smoke model should exercise both"
+
+
+def test_generation_is_deterministic(smoke_model, pairs):
+    engine = FusionEngine.load(_settings(smoke_model, batch_size=8, max_new_tokens=16))
+    assert engine.fuse(pairs) == engine.fuse(pairs)
+
+
+def test_reference_defaults_and_cpu_dtype(smoke_model):
+    engine = FusionEngine.load(_settings(smoke_model))
+    assert (engine.num_beams, engine.max_new_tokens, engine.prompts.max_tokens) == (3, 80, 256)
+    assert str(engine.model.dtype) == "torch.float32"
+    assert engine.tokenizer.padding_side == "left"
+
+
+def test_a_tokenizer_without_pad_token_pads_with_eos(smoke_model, pairs):
+    engine = FusionEngine.load(_settings(smoke_model, num_beams=1, max_new_tokens=8))
+    engine.tokenizer.pad_token = None
+    fallback = FusionEngine(engine.model, engine.tokenizer, 1, 8, 256, 4)
+    assert fallback.pad_id == engine.tokenizer.eos_token_id
+    assert len(fallback.fuse(pairs[:6])) == 6

@@ -1,0 +1,97 @@
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from capsfus_hpc.columns import INPUT_ERROR, ColumnMapping
+from capsfus_hpc.errors import CapsfusError
+from capsfus_hpc.inputs import JSON_LINES, JSON_LINES_ZST, JSON_LIST, PARQUET, detect_format, stage_to_parquet
+
+GOOD = {"image_url": "u1", "laion_2b": "raw one", "laion_coco": "a synthetic one", "score": 0.5}
+
+
+def _jsonl_with_bad_lines(path):
+    lines = [
+        json.dumps(GOOD).encode(),
+        b"",  # blank lines are not records
+        b'{"laion_2b": "cut off',  # malformed
+        b'{"laion_2b": "caf\xe9", "laion_coco": "x"}',  # latin-1, not UTF-8
+        b"[1, 2]",  # not an object
+        json.dumps({"laion_2b": 42, "laion_coco": "y", "score": "high"}).encode(),
+    ]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def test_formats_are_detected_by_name_and_content(tmp_path):
+    (tmp_path / "a.json").write_text('[{"x": 1}]')
+    (tmp_path / "b.json").write_text('{"x": 1}\n')
+    for name, expected in (("a.json", JSON_LIST), ("b.json", JSON_LINES), ("c.jsonl", JSON_LINES),
+                           ("d.jsonl.zst", JSON_LINES_ZST), ("e.parquet", PARQUET)):
+        path = tmp_path / name
+        path.touch(exist_ok=True)
+        assert detect_format(path) == expected
+    with pytest.raises(CapsfusError, match="f.csv"):
+        detect_format(tmp_path / "f.csv")
+
+
+def test_bad_json_lines_become_rows_that_carry_their_line_number(tmp_path):
+    source = _jsonl_with_bad_lines(tmp_path / "in.jsonl")
+    staged, _ = stage_to_parquet(source, JSON_LINES, tmp_path / "staging", ColumnMapping())
+    rows = pq.read_table(staged).to_pylist()
+    assert len(rows) == 5  # every non-blank line is a row
+    assert rows[0]["laion_2b"] == "raw one" and rows[0][INPUT_ERROR] is None
+    errors = [row[INPUT_ERROR] for row in rows[1:]]
+    assert errors[0].startswith("malformed_json: line 3")
+    assert errors[1].startswith("invalid_utf8: line 4")
+    assert errors[2].startswith("not_an_object: line 5")
+    assert errors[3].startswith("raw_caption_not_string: line 6: laion_2b is a int")
+    # a passthrough column of mixed types keeps every value, as JSON text
+    assert [row["score"] for row in rows] == ["0.5", None, None, None, "high"]
+
+
+def test_zstd_json_lines_stream_and_stage_like_plain_ones(tmp_path):
+    plain = _jsonl_with_bad_lines(tmp_path / "in.jsonl")
+    packed = tmp_path / "in.jsonl.zst"
+    packed.write_bytes(zstandard.ZstdCompressor().compress(plain.read_bytes()))
+    a, _ = stage_to_parquet(plain, JSON_LINES, tmp_path / "s1", ColumnMapping())
+    b, _ = stage_to_parquet(packed, JSON_LINES_ZST, tmp_path / "s2", ColumnMapping())
+    assert pq.read_table(a).to_pylist() == pq.read_table(b).to_pylist()
+
+
+def test_corrupt_zstd_is_refused_naming_the_file(tmp_path):
+    packed = tmp_path / "broken.jsonl.zst"
+    lines = b"".join(b'{"laion_2b": "%d", "laion_coco": "%x"}\n' % (i, i * 7919) for i in range(5000))
+    compressed = zstandard.ZstdCompressor().compress(lines)
+    packed.write_bytes(compressed[: len(compressed) // 2])
+    with pytest.raises(CapsfusError, match="broken.jsonl.zst"):
+        stage_to_parquet(packed, JSON_LINES_ZST, tmp_path / "s", ColumnMapping())
+
+
+def test_json_list_layout_of_the_capsfusion_release(tmp_path, real_records):
+    source = tmp_path / "example_data.json"
+    source.write_text(json.dumps(real_records[:50]))
+    staged, _ = stage_to_parquet(source, JSON_LIST, tmp_path / "s", ColumnMapping())
+    table = pq.read_table(staged)
+    assert table.column("laion_2b").to_pylist() == [r["laion_2b"] for r in real_records[:50]]
+    assert table.column("capsfuion_official").to_pylist() == [r["capsfuion_official"] for r in real_records[:50]]
+
+
+def test_staging_happens_once_per_source_content(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps(GOOD) + "\n")
+    first, _ = stage_to_parquet(source, JSON_LINES, tmp_path / "s", ColumnMapping())
+    stamp = first.stat().st_mtime_ns
+    again, _ = stage_to_parquet(source, JSON_LINES, tmp_path / "s", ColumnMapping())
+    assert again == first and again.stat().st_mtime_ns == stamp
+    source.write_text(json.dumps({**GOOD, "laion_2b": "changed"}) + "\n")
+    changed, _ = stage_to_parquet(source, JSON_LINES, tmp_path / "s", ColumnMapping())
+    assert changed != first
+
+
+def test_missing_caption_column_names_column_and_file(tmp_path):
+    source = tmp_path / "nococo.jsonl"
+    source.write_text(json.dumps({"laion_2b": "a"}) + "\n")
+    with pytest.raises(CapsfusError, match=r"nococo.jsonl: missing synthetic caption column 'laion_coco'"):
+        stage_to_parquet(source, JSON_LINES, tmp_path / "s", ColumnMapping())

@@ -1,0 +1,96 @@
+import json
+import os
+
+import pytest
+
+from capsfus_hpc.columns import ColumnMapping
+from capsfus_hpc.errors import CapsfusError
+from capsfus_hpc.manifest import build_manifest, load_manifest, plan_shards, verify_input
+
+from .conftest import with_urls, write_parquet
+
+
+@pytest.mark.parametrize("groups,target", [([1000] * 10, 2500), ([64] * 100, 1000), ([10_000], 3000),
+                                           ([7, 300, 5, 999, 1], 100), ([1] * 50, 7), ([], 10)])
+def test_shards_tile_the_file_exactly(groups, target):
+    ranges = plan_shards(groups, target)
+    total = sum(groups)
+    if total == 0:
+        assert ranges == []
+        return
+    assert [start for start, _ in ranges] == [0] + [stop for _, stop in ranges[:-1]]
+    assert (ranges[-1][1] if ranges else 0) == total
+    assert all(stop > start for start, stop in ranges)
+    assert all(stop - start <= target + target // 4 for start, stop in ranges)
+
+
+def test_cuts_snap_to_row_group_boundaries_when_near():
+    # Row groups of 900 rows, 1000 rows a shard: cuts land on multiples of 900 (within 250 rows).
+    ranges = plan_shards([900] * 10, 1000)
+    assert all(stop % 900 == 0 for _, stop in ranges)
+    # One huge row group cannot be snapped: cut exactly.
+    assert plan_shards([10_000], 3000) == [(0, 3000), (3000, 6000), (6000, 9000), (9000, 10_000)]
+    # A tail within a quarter of the target joins the shard before it.
+    assert plan_shards([10_000], 3200) == [(0, 3200), (3200, 6400), (6400, 10_000)]
+
+
+def test_manifest_reads_footers_of_several_files_with_global_row_ids(tmp_path, real_records):
+    a = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:250]), row_group_rows=100)
+    b = write_parquet(tmp_path / "b.parquet", with_urls(real_records[250:400]), row_group_rows=100)
+    manifest = build_manifest([a, b], tmp_path / "m.json", rows_per_shard=100)
+    assert manifest.total_rows == 400 and len(manifest.files) == 2
+    assert [(s.file, s.start, s.stop, s.row_id_start) for s in manifest.shards] == [
+        (0, 0, 100, 0), (0, 100, 200, 100), (0, 200, 250, 200), (1, 0, 100, 250), (1, 100, 150, 350)]
+    assert all(f.has_key for f in manifest.files)
+    assert load_manifest(tmp_path / "m.json") == manifest
+    fingerprint = manifest.files[0].fingerprint
+    assert fingerprint.size == a.stat().st_size and len(fingerprint.footer_sha256) == 64
+
+
+def test_json_inputs_are_staged_next_to_the_manifest(tmp_path, real_records):
+    source = tmp_path / "in" / "example.json"
+    source.parent.mkdir()
+    source.write_text(json.dumps(real_records[:30]))
+    manifest = build_manifest([source], tmp_path / "manifests" / "ex.json", rows_per_shard=10)
+    staged = manifest.files[0]
+    assert staged.source == str(source) and staged.path.startswith(str(tmp_path / "manifests" / "ex.staging"))
+    assert staged.rows == 30 and not staged.has_key  # the release has no image_url
+    assert staged.source_fingerprint.content_sha256 is not None
+
+
+def test_missing_column_names_column_and_file(tmp_path, real_records):
+    path = write_parquet(tmp_path / "nococo.parquet", [{"laion_2b": r["laion_2b"]} for r in real_records[:5]])
+    with pytest.raises(CapsfusError, match=r"nococo.parquet: missing synthetic caption column 'laion_coco'"):
+        build_manifest([path], tmp_path / "m.json", 10)
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_explicit_key_column_must_exist(tmp_path, real_records):
+    path = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:5]))
+    with pytest.raises(CapsfusError, match="missing key column 'url'"):
+        build_manifest([path], tmp_path / "m.json", 10, ColumnMapping(key="url"), key_required=True)
+
+
+def test_corrupt_input_is_refused_at_manifest_time_naming_the_file(tmp_path, real_records):
+    path = write_parquet(tmp_path / "bad.parquet", with_urls(real_records[:50]))
+    path.write_bytes(path.read_bytes()[:-100] + b"\0" * 96 + b"PAR1")
+    with pytest.raises(CapsfusError, match="bad.parquet"):
+        build_manifest([path], tmp_path / "m.json", 10)
+    with pytest.raises(CapsfusError, match="nothere.parquet: no such input file"):
+        build_manifest([tmp_path / "nothere.parquet"], tmp_path / "m.json", 10)
+
+
+def test_an_input_changed_after_the_manifest_is_detected(tmp_path, real_records):
+    path = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:50]))
+    manifest = build_manifest([path], tmp_path / "m.json", 10)
+    verify_input(manifest.files[0])
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(CapsfusError, match=f"input {path} was modified"):
+        verify_input(manifest.files[0])
+    write_parquet(path, with_urls(real_records[:60]))
+    with pytest.raises(CapsfusError, match=f"input {path} changed"):
+        verify_input(manifest.files[0])
+    path.unlink()
+    with pytest.raises(CapsfusError, match=f"input {path} was deleted"):
+        verify_input(manifest.files[0])

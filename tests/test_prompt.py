@@ -1,0 +1,60 @@
+import pytest
+from transformers import AutoTokenizer
+
+from capsfus_hpc.prompt import PromptBuilder, render, template
+
+from .conftest import PROMPT_FILE
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smoke_model):
+    return AutoTokenizer.from_pretrained(smoke_model)
+
+
+def test_template_is_the_exact_training_prompt():
+    assert template() == PROMPT_FILE.read_text(encoding="utf-8")
+
+
+def test_captions_are_stripped_into_the_template():
+    prompt = render("  Raw Caption | shop \n", "\ta synthetic caption ")
+    assert prompt.endswith("Sentence 1: Raw Caption | shop\nSentence 2: a synthetic caption\nNew Sentence:")
+
+
+def _raw_caption_of_length(tokenizer, synthetic, tokens, source_text):
+    """A prefix of source_text that makes the whole prompt exactly `tokens` tokens long."""
+    for end in range(len(source_text)):
+        raw = source_text[:end].strip()
+        if len(tokenizer(render(raw, synthetic)).input_ids) == tokens:
+            return raw
+    raise AssertionError("no prefix gives that many tokens")
+
+
+def test_a_prompt_of_exactly_256_tokens_keeps_its_raw_caption(tokenizer, real_records):
+    # The reference's ids[:-(total - 256)] empties the raw caption at exactly 256 tokens.
+    synthetic = real_records[0]["laion_coco"]
+    long_text = " ".join(r["laion_2b"] for r in real_records[:40])
+    raw = _raw_caption_of_length(tokenizer, synthetic, 256, long_text)
+    [ids] = PromptBuilder(tokenizer, 256).encode([(raw, synthetic)])
+    assert len(ids) == 256
+    assert ids == tokenizer(render(raw, synthetic)).input_ids
+
+
+def test_a_long_prompt_is_cut_from_the_end_of_the_raw_caption_only(tokenizer, real_records):
+    synthetic = real_records[1]["laion_coco"]
+    raw = " ".join(r["laion_2b"] for r in real_records[:40])
+    [ids] = PromptBuilder(tokenizer, 256).encode([(raw, synthetic)])
+    assert 250 <= len(ids) <= 256
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    assert text.endswith(f"\nSentence 2: {synthetic}\nNew Sentence:")
+    kept = text.split("Sentence 1: ", 1)[1].split("\nSentence 2: ")[0]
+    assert kept and raw.startswith(kept.rstrip())
+    assert text.startswith(template().split("{laion_2b}")[0])
+
+
+def test_prompts_within_the_budget_are_untouched(tokenizer, real_records):
+    pairs = [(r["laion_2b"], r["laion_coco"]) for r in real_records[:50]]
+    whole = [tokenizer(render(*pair)).input_ids for pair in pairs]
+    encoded = PromptBuilder(tokenizer, 256).encode(pairs)
+    short = [i for i, ids in enumerate(whole) if len(ids) <= 256]
+    assert len(short) > 40
+    assert all(encoded[i] == whole[i] for i in short)

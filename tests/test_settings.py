@@ -1,0 +1,64 @@
+import json
+
+import pytest
+
+from capsfus_hpc import __version__
+from capsfus_hpc.errors import CapsfusError
+from capsfus_hpc.manifest import build_manifest
+from capsfus_hpc.paths import RunPaths
+from capsfus_hpc.settings import load_run, open_or_create, requested_settings
+
+from .conftest import with_urls, write_parquet
+
+
+@pytest.fixture
+def manifest_path(tmp_path, real_records):
+    source = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:40]))
+    path = tmp_path / "m.json"
+    build_manifest([source], path, 20)
+    return path
+
+
+def test_first_command_freezes_every_setting(tmp_path, manifest_path, smoke_model):
+    paths = RunPaths(tmp_path / "run")
+    settings = open_or_create(paths, requested_settings(manifest_path, str(smoke_model), None, batch_size=8), {"batch_size"})
+    frozen = json.loads(paths.run_config.read_text())
+    assert frozen == settings.as_dict()
+    assert frozen["batch_size"] == 8 and frozen["num_beams"] == 3 and frozen["max_new_tokens"] == 80
+    assert frozen["model"] == str(smoke_model) and frozen["model_revision"].startswith("local:")
+    assert frozen["columns"] == {"raw_caption": "laion_2b", "synthetic_caption": "laion_coco", "key": "image_url"}
+    assert len(frozen["prompt_template_sha256"]) == 64 and frozen["package_version"] == __version__
+    assert frozen["trust_remote_code"] is False
+
+
+def test_later_command_with_other_settings_is_refused_naming_each_field(tmp_path, manifest_path, smoke_model):
+    paths = RunPaths(tmp_path / "run")
+    open_or_create(paths, requested_settings(manifest_path, str(smoke_model), None, batch_size=8), {"batch_size"})
+    again = requested_settings(manifest_path, "some/other-model", None, num_beams=1, batch_size=8)
+    with pytest.raises(CapsfusError) as refused:
+        open_or_create(paths, again, {"num_beams", "batch_size"})
+    message = str(refused.value)
+    assert "model: run has" in message and "'some/other-model'" in message
+    assert "num_beams: run has 3, this command asks for 1" in message
+    assert "batch_size" not in message
+
+
+def test_options_not_given_are_inherited(tmp_path, manifest_path, smoke_model):
+    paths = RunPaths(tmp_path / "run")
+    open_or_create(paths, requested_settings(manifest_path, str(smoke_model), None, batch_size=8), {"batch_size"})
+    settings = open_or_create(paths, requested_settings(manifest_path, str(smoke_model), None), set())
+    assert settings.batch_size == 8
+
+
+def test_a_manifest_changed_after_the_run_started_is_refused(tmp_path, manifest_path, smoke_model, real_records):
+    paths = RunPaths(tmp_path / "run")
+    open_or_create(paths, requested_settings(manifest_path, str(smoke_model), None), set())
+    load_run(paths)
+    build_manifest([write_parquet(tmp_path / "b.parquet", with_urls(real_records[:10]))], manifest_path, 20)
+    with pytest.raises(CapsfusError, match="changed since the run started"):
+        load_run(paths)
+
+
+def test_a_folder_without_run_json_is_named(tmp_path):
+    with pytest.raises(CapsfusError, match="not a run folder"):
+        load_run(RunPaths(tmp_path))
