@@ -20,7 +20,7 @@ from .manifest import DEFAULT_ROWS_PER_SHARD, build_manifest
 from .paths import RunPaths
 from .reduce import reduce_run
 from .settings import load_run, open_or_create, requested_settings
-from .status import FAILED, gather_status
+from .status import gather_status
 from .worker import run_shards
 
 app = typer.Typer(
@@ -134,9 +134,11 @@ def submit(
                     "failed_tasks": [o.__dict__ for o in failed]})
     else:
         console.print(status_table(status, f"run {paths.root}"))
-    if failed or not status.complete:
-        raise CapsfusError(f"{len(status.in_state(FAILED))} shard(s) failed; see 'capsfus-hpc status {paths.root}' "
-                           f"and the logs in {paths.logs}")
+    if failed:
+        first = failed[0]
+        raise CapsfusError(f"{len(failed)} task(s) failed, first: job {first.job_id} (shards "
+                           f"{', '.join(map(str, first.shard_ids))}): {first.error}; see "
+                           f"'capsfus-hpc status {paths.root}' and the logs in {paths.logs}")
 
 
 @app.command()

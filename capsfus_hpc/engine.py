@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -56,7 +57,8 @@ class FusionEngine:
     def load(cls, settings: RunSettings) -> "FusionEngine":
         on_gpu = torch.cuda.is_available()
         transformers_logging.disable_progress_bar()  # task logs get one line per chunk instead
-        revision = settings.model_revision if not str(settings.model_revision or "").startswith("local:") else None
+        # A local folder's revision is our fingerprint of its files, not something to check out.
+        revision = None if Path(settings.model).is_dir() else settings.model_revision
         tokenizer = AutoTokenizer.from_pretrained(
             settings.model, revision=revision, padding_side="left", trust_remote_code=settings.trust_remote_code
         )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import submitit
 
+from .errors import CapsfusError
 from .paths import RunPaths
 from .settings import load_run
 from .status import DONE, RUNNING, RunStatus, gather_status
@@ -39,11 +40,14 @@ def group_shards(shard_ids: list[int], shards_per_task: int) -> list[list[int]]:
 
 
 def _failure(job: submitit.Job) -> str | None:
+    """The task's own error: the last line of the traceback submitit relays, before its footer."""
     exception = job.exception()
     if exception is None:
         return None
-    lines = [line for line in str(exception).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(exception).__name__
+    trace = str(exception).split("You can check full logs")[0]
+    lines = [line for line in trace.splitlines() if line.strip() and not line.startswith((" ", "-"))]
+    last = lines[-1] if lines else type(exception).__name__
+    return last.removeprefix(f"{CapsfusError.__module__}.{CapsfusError.__name__}: ")
 
 
 @contextmanager

@@ -45,7 +45,7 @@ class _Tally:
     parts: int = 0
 
 
-def _incomplete_message(paths: RunPaths, status) -> str:
+def _incomplete_message(paths: RunPaths, settings, status) -> str:
     lines = []
     for shard in status.shards:
         if shard.state != "done":
@@ -53,7 +53,8 @@ def _incomplete_message(paths: RunPaths, status) -> str:
             lines.append(f"  shard {shard.shard}: {shard.state}, {shard.rows_done}/{shard.rows_total} rows{why}")
     return (f"run {paths.root} is incomplete: {len(lines)} of {len(status.shards)} shards are not done\n"
             + "\n".join(lines)
-            + f"\nfinish them with: capsfus-hpc submit MANIFEST --output {paths.root} --model MODEL --local")
+            + f"\nfinish them with: capsfus-hpc submit {settings.manifest} --output {paths.root} "
+              f"--model {settings.model} --local")
 
 
 def _parts(paths: RunPaths, manifest: Manifest, records: dict[int, ProgressRecord]):
@@ -75,10 +76,9 @@ def _read_part(shard_id: int, chunk, path: Path) -> pa.Table:
     try:
         data = path.read_bytes()
     except FileNotFoundError as exc:
-        raise CapsfusError(f"shard {shard_id} chunk {chunk.index}: part {path} is missing") from exc
+        raise _part_error(shard_id, chunk, path, MISSING) from exc
     if len(data) != chunk.bytes or sha256_bytes(data) != chunk.sha256:
-        raise CapsfusError(f"shard {shard_id} chunk {chunk.index}: part {path} does not match its checksum "
-                           f"in the progress record (damaged on disk?)")
+        raise _part_error(shard_id, chunk, path, DAMAGED)
     table = pq.read_table(pa.BufferReader(data))
     row_ids = table.column(ROW_ID)
     expected = pa.array(range(chunk.row_id_start, chunk.row_id_stop), pa.int64())
@@ -94,11 +94,18 @@ def _part_schema(shard_id: int, chunk, path: Path) -> pa.Schema:
         if path.stat().st_size == chunk.bytes:
             return pq.read_schema(path)
     except FileNotFoundError as exc:
-        raise CapsfusError(f"shard {shard_id} chunk {chunk.index}: part {path} is missing") from exc
+        raise _part_error(shard_id, chunk, path, MISSING) from exc
     except (OSError, pa.ArrowException):
         pass
-    raise CapsfusError(f"shard {shard_id} chunk {chunk.index}: part {path} does not match its checksum "
-                       f"in the progress record (damaged on disk?)")
+    raise _part_error(shard_id, chunk, path, DAMAGED)
+
+
+MISSING = "is missing"
+DAMAGED = "does not match its checksum in the progress record (damaged on disk?)"
+
+
+def _part_error(shard_id: int, chunk, path: Path, problem: str) -> CapsfusError:
+    return CapsfusError(f"shard {shard_id} chunk {chunk.index}: part {path} {problem}")
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -157,7 +164,7 @@ def reduce_run(paths: RunPaths, final: Path, on_part: Callable[[int], None] | No
     settings, manifest = load_run(paths)
     status = gather_status(paths, manifest)
     if not status.complete:
-        raise CapsfusError(_incomplete_message(paths, status))
+        raise CapsfusError(_incomplete_message(paths, settings, status))
     records = read_records(paths, manifest)
     parts = list(_parts(paths, manifest, records))
     schema = pa.unify_schemas([_part_schema(shard.id, chunk, path) for shard, chunk, path in parts],

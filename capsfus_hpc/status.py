@@ -54,9 +54,6 @@ class RunStatus:
     def complete(self) -> bool:
         return self.counts[DONE] == len(self.shards)
 
-    def in_state(self, *states: str) -> list[ShardStatus]:
-        return [s for s in self.shards if s.state in states]
-
     def as_dict(self) -> dict:
         return asdict(self)
 

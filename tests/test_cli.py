@@ -66,6 +66,17 @@ def test_submit_status_reduce_through_the_cli(tmp_path, real_records, smoke_mode
     assert refused.returncode == 1 and "num_beams: run has 1, this command asks for 3" in refused.stderr
 
 
+def test_a_failed_task_is_reported_with_its_shard_and_file(tmp_path, real_records, smoke_model):
+    source = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:10]))
+    manifest, run = tmp_path / "m.json", tmp_path / "run"
+    capsfus("manifest", "build", source, "-o", manifest)
+    write_parquet(source, with_urls(real_records[:11]))
+    result = capsfus("submit", manifest, "-o", run, "--model", smoke_model, "--local", check=False)
+    assert result.returncode == 1 and "1 task(s) failed" in result.stderr and str(source) in result.stderr
+    status = json.loads(capsfus("status", run, "--json").stdout)
+    assert status["shards"][0]["state"] == "failed" and f"input {source} changed" in status["shards"][0]["error"]
+
+
 def test_submit_without_local_says_slurm_is_not_built_yet(tmp_path):
     result = capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run", "--model", "x", check=False)
     assert_one_line_error(result, "--local")
