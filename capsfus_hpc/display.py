@@ -34,22 +34,31 @@ def duration(seconds: float | None) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
-def status_table(status: RunStatus, title: str) -> Table:
+def status_table(status: RunStatus, title: str, log_tails: dict[int, str] | None = None) -> Table:
+    """Per-shard table; `log_tails` adds the last stderr lines of failed shards."""
     table = Table(title=safe(title), show_lines=False)
     for column, justify in (("shard", "right"), ("rows", "right"), ("ok", "right"), ("state", "left"),
-                            ("tries", "right"), ("rows/s", "right"), ("eta", "right"), ("error", "left")):
+                            ("slurm", "left"), ("tries", "right"), ("requeues", "right"), ("rows/s", "right"),
+                            ("eta", "right"), ("error", "left")):
         table.add_column(column, justify=justify)
     for shard in status.shards:
         style = _STATE_STYLE.get(shard.state, "")
+        slurm = f"{shard.job_id} {shard.slurm_state or ''}".strip() if shard.job_id else "-"
+        error = safe(shard.error or "")
+        if log_tails and shard.shard in log_tails:
+            error += "\n[dim]" + safe(log_tails[shard.shard]) + "[/]"
         table.add_row(
             str(shard.shard), f"{shard.rows_done}/{shard.rows_total}", str(shard.ok_rows),
-            f"[{style}]{shard.state}[/]" if style else shard.state, str(shard.attempts),
-            f"{shard.rate:.1f}" if shard.rate else "-", duration(shard.eta_s), safe(shard.error or ""),
+            f"[{style}]{shard.state}[/]" if style else shard.state, safe(slurm), str(shard.attempts),
+            str(shard.requeues), f"{shard.rate:.1f}" if shard.rate else "-", duration(shard.eta_s), error,
         )
     counts = ", ".join(f"{n} {state}" for state, n in status.counts.items() if n)
-    table.caption = (f"{status.rows_done}/{status.rows_total} rows, {status.ok_rows} ok; {counts}; "
-                     f"rate {status.rate:.1f} rows/s, eta {duration(status.eta_s)}" if status.rate else
-                     f"{status.rows_done}/{status.rows_total} rows, {status.ok_rows} ok; {counts}")
+    caption = f"{status.rows_done}/{status.rows_total} rows, {status.ok_rows} ok; {counts}"
+    if status.rate:
+        caption += f"; rate {status.rate:.1f} rows/s, eta {duration(status.eta_s)}"
+    if status.note:
+        caption += f"\n{safe(status.note)}"
+    table.caption = caption
     return table
 
 

@@ -7,6 +7,8 @@ chunk regenerated after a crash gives the same captions.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,15 +76,22 @@ class FusionEngine:
         return cls(model, tokenizer, settings.num_beams, settings.max_new_tokens,
                    settings.max_prompt_tokens, settings.batch_size)
 
-    def fuse(self, pairs: list[tuple[str, str]]) -> list[Fusion]:
-        """Fused captions in input order; batches are formed from length-sorted prompts."""
+    def fuse(self, pairs: list[tuple[str, str]], before_batch: Callable[[float | None], None] | None = None) -> list[Fusion]:
+        """Fused captions in input order; batches are formed from length-sorted prompts.
+
+        `before_batch(seconds of the previous batch)` may raise to abandon the rest."""
         encoded = self.prompts.encode(pairs)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[Fusion | None] = [None] * len(encoded)
+        last_seconds = None
         for begin in range(0, len(order), self.batch_size):
+            if before_batch:
+                before_batch(last_seconds)
+            started = time.perf_counter()
             batch = order[begin : begin + self.batch_size]
             for index, fusion in zip(batch, self._generate([encoded[i] for i in batch])):
                 results[index] = fusion
+            last_seconds = time.perf_counter() - started
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()

@@ -1,7 +1,7 @@
-"""Launching shard tasks on this machine through submitit's LocalExecutor.
+"""Launching shard tasks: on this machine (submitit's LocalExecutor) or as SLURM job arrays.
 
-The tasks are real subprocesses running worker.run_shards, the same function a SLURM array
-task runs; only the plain arguments (run folder, shard ids) are pickled.
+Either way a task runs worker.run_shards with plain arguments (run folder, shard ids); only
+those are pickled. Every SLURM job is appended to the run's ledger with the shards of each task.
 """
 
 from __future__ import annotations
@@ -10,14 +10,18 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import submitit
 
+from . import ledger
 from .errors import CapsfusError
 from .paths import RunPaths
+from .reduce import reduce_task
 from .settings import load_run
-from .status import DONE, RUNNING, RunStatus, gather_status
+from .slurm import ArraySpec, SlurmOptions, plan_arrays, render_sbatch, spec_for, submit_array
+from .status import DONE, PENDING, RUNNING, RunStatus, gather_status
 from .worker import run_shards
 
 
@@ -29,8 +33,9 @@ class TaskOutcome:
 
 
 def shards_to_run(status: RunStatus) -> list[int]:
-    """Shards neither done nor being worked on right now."""
-    return [s.shard for s in status.shards if s.state not in (DONE, RUNNING)]
+    """Shards neither done nor running nor waiting in the queue."""
+    return [s.shard for s in status.shards
+            if s.state not in (DONE, RUNNING) and not (s.state == PENDING and s.slurm_state)]
 
 
 def group_shards(shard_ids: list[int], shards_per_task: int) -> list[list[int]]:
@@ -89,5 +94,55 @@ def submit_local(paths: RunPaths, shards_per_task: int = 1, workers: int = 1,
                  on_poll: Callable[[], None] | None = None) -> tuple[list[int], list[TaskOutcome]]:
     """Run every shard of the run folder that is not done or running; returns (shards, outcomes)."""
     _, manifest = load_run(paths)
-    shard_ids = shards_to_run(gather_status(paths, manifest))
+    shard_ids = shards_to_run(gather_status(paths, manifest, slurm=False))
     return shard_ids, run_local(paths, group_shards(shard_ids, shards_per_task), workers, on_poll=on_poll)
+
+
+@dataclass(frozen=True)
+class SlurmPlan:
+    """What a SLURM submission will do: arrays of shard groups, their scripts, and its cost."""
+
+    arrays: tuple[tuple[tuple[int, ...], ...], ...]  # array -> task -> shard ids
+    specs: tuple[ArraySpec, ...]
+    reduce_spec: ArraySpec | None
+    rows: int
+    samples_per_s: float
+    gpus_per_task: int
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.rows / self.samples_per_s / 3600 * max(self.gpus_per_task, 1)
+
+    def scripts(self) -> list[str]:
+        return [render_sbatch(spec) for spec in (*self.specs, *([self.reduce_spec] if self.reduce_spec else []))]
+
+
+def plan_slurm(paths: RunPaths, status: RunStatus, options: SlurmOptions, shards_per_task: int, max_tasks: int,
+               samples_per_s: float, then_reduce: Path | None) -> SlurmPlan:
+    """Pure: the arrays for the shards still to run, cut to the cluster's MaxArraySize."""
+    shard_ids = shards_to_run(status)
+    rows = sum(s.rows_total - s.rows_done for s in status.shards if s.shard in shard_ids)
+    arrays = plan_arrays(group_shards(shard_ids, shards_per_task), max_tasks)
+    specs = tuple(spec_for(paths.logs, options, len(array)) for array in arrays)
+    reduce_spec = None
+    if then_reduce is not None:
+        # The reduce job's dependency names the arrays' job ids, known only once they are submitted.
+        reduce_spec = spec_for(paths.logs, replace(options, gpus=None), 1, dependency="afterany:<fuse job ids>")
+    return SlurmPlan(tuple(tuple(tuple(g) for g in a) for a in arrays), specs, reduce_spec, rows,
+                     samples_per_s, options.gpus or 0)
+
+
+def submit_plan(paths: RunPaths, plan: SlurmPlan, then_reduce: Path | None) -> list[ledger.Submission]:
+    """Submit the plan's arrays (then the reduce job), recording each in the ledger as it goes."""
+    paths.logs.mkdir(parents=True, exist_ok=True, mode=0o755)
+    entries = []
+    for array, spec in zip(plan.arrays, plan.specs):
+        task_ids = submit_array(spec, run_shards, [(str(paths.root), list(group)) for group in array])
+        job_id = task_ids[0].split("_")[0]
+        entries.append(ledger.append(paths.ledger, job_id, ledger.FUSE, [(t, list(g)) for t, g in zip(task_ids, array)]))
+    if plan.reduce_spec is not None and then_reduce is not None:
+        dependency = "afterany:" + ":".join(e.job_id for e in entries) if entries else None
+        spec = replace(plan.reduce_spec, dependency=dependency)
+        [task_id] = submit_array(spec, reduce_task, [(str(paths.root), str(then_reduce.absolute()))])
+        entries.append(ledger.append(paths.ledger, task_id, ledger.REDUCE, [(task_id, [])]))
+    return entries

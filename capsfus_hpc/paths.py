@@ -13,7 +13,8 @@ class RunPaths:
     DIR/run.json                               frozen settings (settings.py)
     DIR/shards/00012/part-00003.parquet        committed chunk 3 of shard 12 (worker.py)
     DIR/shards/00012/progress.json             commit record of shard 12 (progress.py)
-    DIR/logs/<job id>_<task>_log.{out,err}      task logs written by submitit (launch.py)
+    DIR/logs/<job id>_<task>_log.{out,err}      task logs written by submitit (launch.py, slurm.py)
+    DIR/jobs.jsonl                             ledger of SLURM submissions (ledger.py)
     """
 
     root: Path
@@ -41,3 +42,11 @@ class RunPaths:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    def task_stderr(self, job_id: str) -> Path:
+        """stderr of a task (job id "123" or array task "123_4"), as submitit names it."""
+        return self.logs / f"{job_id}_0_log.err"
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "jobs.jsonl"

@@ -37,8 +37,10 @@ class Attempt:
     host: str
     pid: int
     job_id: str | None
+    restart: int = 0  # SLURM_RESTART_COUNT: how often the task was requeued before this attempt
     ended_at: float | None = None
-    error: str | None = None  # None with ended_at set: the attempt finished its shards
+    error: str | None = None  # None with ended_at set: the attempt finished or was stopped
+    stopped_by: str | None = None  # the signal that made it commit early and stop (SIGUSR2, SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,10 @@ class ProgressRecord:
         return self.next_row_id == self.row_id_stop
 
     @property
+    def requeues(self) -> int:
+        return sum(1 for attempt in self.attempts if attempt.stopped_by)
+
+    @property
     def last_attempt(self) -> Attempt | None:
         return self.attempts[-1] if self.attempts else None
 
@@ -77,8 +83,8 @@ class ProgressRecord:
     def with_attempt(self, attempt: Attempt) -> "ProgressRecord":
         return replace(self, attempts=(*self.attempts, attempt))
 
-    def with_attempt_ended(self, ended_at: float, error: str | None) -> "ProgressRecord":
-        last = replace(self.attempts[-1], ended_at=ended_at, error=error)
+    def with_attempt_ended(self, ended_at: float, error: str | None, stopped_by: str | None = None) -> "ProgressRecord":
+        last = replace(self.attempts[-1], ended_at=ended_at, error=error, stopped_by=stopped_by)
         return replace(self, attempts=(*self.attempts[:-1], last))
 
     def as_dict(self) -> dict:

@@ -213,3 +213,8 @@ def reduce_run(paths: RunPaths, final: Path, on_part: Callable[[int], None] | No
         raise CapsfusError(f"internal error: rows do not add up: {json.dumps(stats)}")
     atomic_write_json(final / STATS_FILE, stats)
     return stats
+
+
+def reduce_task(run_dir: str, final: str) -> dict:
+    """SLURM task entry point for `submit --then-reduce`: plain arguments, like worker.run_shards."""
+    return reduce_run(RunPaths(Path(run_dir)), Path(final))

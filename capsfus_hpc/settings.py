@@ -22,6 +22,7 @@ from .prompt import template_sha256
 
 DEFAULT_CHUNK_ROWS = 2048
 DEFAULT_BATCH_SIZE = 16
+DEFAULT_WINDOW_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class RunSettings:
     device_map: str | None = "auto"  # used on GPU only, through accelerate
     batch_size: int = DEFAULT_BATCH_SIZE
     chunk_rows: int = DEFAULT_CHUNK_ROWS
+    window_rows: int = DEFAULT_WINDOW_ROWS  # rows sorted and batched together; the unit of an early stop
     max_caption_chars: int = 4000
     trust_remote_code: bool = False
     package_version: str = __version__
@@ -49,7 +51,7 @@ class RunSettings:
 
 # Options a user may pass to a run command; None means "not given".
 TUNABLE = ("num_beams", "max_new_tokens", "max_prompt_tokens", "dtype", "device_map", "batch_size",
-           "chunk_rows", "max_caption_chars", "trust_remote_code")
+           "chunk_rows", "window_rows", "max_caption_chars", "trust_remote_code")
 
 
 def model_revision(model: str, revision: str | None) -> str | None:
@@ -99,11 +101,13 @@ def differences(frozen: RunSettings, requested: RunSettings, given: set[str]) ->
     return lines
 
 
-def open_or_create(paths: RunPaths, requested: RunSettings, given: set[str]) -> RunSettings:
-    """The run's settings: created on first use, afterwards checked against the request."""
+def open_or_create(paths: RunPaths, requested: RunSettings, given: set[str], write: bool = True) -> RunSettings:
+    """The run's settings: created on first use (unless write is off, for a dry run), afterwards
+    checked against the request."""
     if not paths.run_config.exists():
-        paths.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(paths.run_config, requested.as_dict())
+        if write:
+            paths.root.mkdir(parents=True, exist_ok=True, mode=0o755)
+            atomic_write_json(paths.run_config, requested.as_dict())
         return requested
     frozen = load_settings(paths)
     problems = differences(frozen, requested, given)

@@ -11,20 +11,17 @@ import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import ledger, scheduler
 from .manifest import Manifest
 from .paths import RunPaths
 from .progress import ProgressRecord, read_progress
+from .scheduler import FAILURE_STATES, GONE, PENDING_STATES, RUNNING_STATES, TaskState
 
 PENDING = "pending"
 RUNNING = "running"
 DONE = "done"
 FAILED = "failed"
 STATES = (PENDING, RUNNING, DONE, FAILED)
-
-# A scheduler row is what a launcher knows of a shard's task: alive (RUNNING, PENDING) or not.
-SCHEDULER_RUNNING = "RUNNING"
-SCHEDULER_PENDING = "PENDING"
-SCHEDULER_GONE = "GONE"  # the task's process no longer exists
 
 
 @dataclass(frozen=True)
@@ -36,6 +33,9 @@ class ShardStatus:
     state: str
     error: str | None
     attempts: int
+    requeues: int  # attempts stopped by a time-limit or preemption signal
+    job_id: str | None  # the task that last ran or will run the shard
+    slurm_state: str | None
     rate: float | None  # rows per second while working
     eta_s: float | None
 
@@ -49,6 +49,7 @@ class RunStatus:
     counts: dict[str, int]
     rate: float | None
     eta_s: float | None
+    note: str | None = None  # what the scheduler view lacked
 
     @property
     def complete(self) -> bool:
@@ -58,30 +59,35 @@ class RunStatus:
         return asdict(self)
 
 
-def _shard_state(record: ProgressRecord | None, scheduler: str | None) -> tuple[str, str | None]:
+def _shard_state(record: ProgressRecord | None, task: TaskState | None) -> tuple[str, str | None]:
+    attempt = record.last_attempt if record else None
     if record is not None and record.done:
         return DONE, None
-    if scheduler == SCHEDULER_RUNNING:
+    if task is not None and task.state in RUNNING_STATES:
         return RUNNING, None
-    if scheduler == SCHEDULER_PENDING:
+    if task is not None and task.state in PENDING_STATES:
         return PENDING, None
-    attempt = record.last_attempt if record else None
+    if task is not None and task.state == GONE:
+        return FAILED, "the worker process died without reporting (killed or crashed)"
+    if task is not None and task.state in FAILURE_STATES:
+        return FAILED, f"{task.state}" + (f": {attempt.error}" if attempt and attempt.error else "")
     if attempt is None:
         return PENDING, None
     if attempt.error is not None:
         return FAILED, attempt.error
     if attempt.ended_at is None:
-        if scheduler == SCHEDULER_GONE:
-            return FAILED, "the worker process died without reporting (killed or crashed)"
         return RUNNING, None
     return PENDING, None
 
 
-def derive_status(manifest: Manifest, records: dict[int, ProgressRecord], scheduler: dict[int, str]) -> RunStatus:
+def derive_status(manifest: Manifest, records: dict[int, ProgressRecord], tasks: dict[int, TaskState],
+                  note: str | None = None) -> RunStatus:
+    """The state of every shard from plain data: progress records and what the scheduler says."""
     shards = []
     for shard in manifest.shards:
         record = records.get(shard.id)
-        state, error = _shard_state(record, scheduler.get(shard.id))
+        task = tasks.get(shard.id)
+        state, error = _shard_state(record, task)
         rows_done = record.rows_done if record else 0
         seconds = sum(c.seconds for c in record.chunks) if record else 0.0
         rate = rows_done / seconds if seconds > 0 else None
@@ -89,7 +95,9 @@ def derive_status(manifest: Manifest, records: dict[int, ProgressRecord], schedu
         shards.append(ShardStatus(
             shard=shard.id, rows_total=shard.rows, rows_done=rows_done,
             ok_rows=sum(c.ok_rows for c in record.chunks) if record else 0, state=state, error=error,
-            attempts=len(record.attempts) if record else 0, rate=rate, eta_s=eta,
+            attempts=len(record.attempts) if record else 0, requeues=record.requeues if record else 0,
+            job_id=task.job_id if task else None, slurm_state=task.state if task and task.state != GONE else None,
+            rate=rate, eta_s=eta,
         ))
     counts = {state: sum(1 for s in shards if s.state == state) for state in STATES}
     running_rates = [s.rate for s in shards if s.state == RUNNING and s.rate]
@@ -99,7 +107,7 @@ def derive_status(manifest: Manifest, records: dict[int, ProgressRecord], schedu
     return RunStatus(
         shards=tuple(shards), rows_total=rows_total, rows_done=rows_done,
         ok_rows=sum(s.ok_rows for s in shards), counts=counts, rate=rate,
-        eta_s=(rows_total - rows_done) / rate if rate else None,
+        eta_s=(rows_total - rows_done) / rate if rate else None, note=note,
     )
 
 
@@ -112,15 +120,15 @@ def read_records(paths: RunPaths, manifest: Manifest) -> dict[int, ProgressRecor
     return records
 
 
-def local_scheduler(records: dict[int, ProgressRecord]) -> dict[int, str]:
+def local_tasks(records: dict[int, ProgressRecord]) -> dict[int, TaskState]:
     """For attempts still open on this host, whether their process is alive."""
     host = socket.gethostname()
-    rows = {}
+    tasks = {}
     for shard_id, record in records.items():
         attempt = record.last_attempt
         if attempt and attempt.ended_at is None and attempt.host == host:
-            rows[shard_id] = SCHEDULER_RUNNING if _alive(attempt.pid) else SCHEDULER_GONE
-    return rows
+            tasks[shard_id] = TaskState(attempt.job_id or str(attempt.pid), "RUNNING" if _alive(attempt.pid) else GONE)
+    return tasks
 
 
 def _alive(pid: int) -> bool:
@@ -133,9 +141,11 @@ def _alive(pid: int) -> bool:
         return os.path.exists(f"/proc/{pid}")
 
 
-def gather_status(paths: RunPaths, manifest: Manifest, scheduler: dict[int, str] | None = None) -> RunStatus:
-    """Status of a run from its folder; `scheduler` adds what a launcher knows of its tasks."""
+def gather_status(paths: RunPaths, manifest: Manifest, slurm: bool | None = None) -> RunStatus:
+    """Status of a run from its folder, joined with SLURM when the run has submitted jobs."""
     records = read_records(paths, manifest)
-    rows = local_scheduler(records)
-    rows.update(scheduler or {})
-    return derive_status(manifest, records, rows)
+    tasks = local_tasks(records)
+    entries = ledger.read(paths.ledger)
+    view = scheduler.query(entries) if entries and slurm is not False else scheduler.SchedulerView()
+    tasks.update(view.tasks)
+    return derive_status(manifest, records, tasks, view.note)

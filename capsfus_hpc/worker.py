@@ -26,6 +26,7 @@ from .columns import (
 from .errors import CapsfusError
 from .manifest import Manifest, verify_input
 from .paths import RunPaths
+from .preemption import NEVER_STOP, StopRequest, WindowAborted, requeue_own_task, restart_count
 from .progress import Attempt, ChunkRecord, ProgressRecord, read_progress, write_progress
 from .settings import RunSettings, load_run
 from .shard_reader import ShardReader
@@ -46,16 +47,52 @@ def chunk_ranges(record: ProgressRecord, chunk_rows: int) -> list[tuple[int, int
     return ranges
 
 
+def windows(start: int, stop: int, origin: int, window_rows: int) -> list[tuple[int, int]]:
+    """[start, stop) cut on the grid origin + k * window_rows.
+
+    Rows of one window are sorted and batched together, and an early stop commits whole
+    windows only, so a stopped-and-resumed shard forms the same batches as an uninterrupted one.
+    """
+    cuts = []
+    while start < stop:
+        end = min(origin + ((start - origin) // window_rows + 1) * window_rows, stop)
+        cuts.append((start, end))
+        start = end
+    return cuts
+
+
 def fuse_chunk(table: pa.Table, row_id_start: int, columns: ColumnMapping, max_caption_chars: int,
-               engine: Callable[[], object]) -> pa.Table:
-    """One output row per input row: the input columns plus the fused caption and its status."""
+               engine: Callable[[], object], window_cuts: list[tuple[int, int]] | None = None,
+               stop: StopRequest = NEVER_STOP, started: bool = True) -> pa.Table:
+    """One output row per input row: the input columns plus the fused caption and its status.
+
+    With a stop request only the windows done in time are returned: a prefix of the chunk.
+    `started` says whether this attempt already committed rows; until it has, one window is
+    begun even after a stop request if it fits the deadline, so every attempt makes progress.
+    """
     rows = table.num_rows
     raw = table.column(columns.raw_caption).to_pylist()
     synthetic = table.column(columns.synthetic_caption).to_pylist()
     staging_errors = table.column(INPUT_ERROR).to_pylist() if INPUT_ERROR in table.column_names else [None] * rows
     problems = [input_problem(raw[i], synthetic[i], staging_errors[i], columns, max_caption_chars) for i in range(rows)]
-    valid = [i for i in range(rows) if problems[i] is None]
-    fusions = dict(zip(valid, engine().fuse([(raw[i], synthetic[i]) for i in valid]))) if valid else {}
+    fusions: dict = {}
+    done = 0
+    window_seconds = None
+    for first, last in window_cuts or [(row_id_start, row_id_start + rows)]:
+        if stop.requested and (started or done or not stop.fits(window_seconds)):
+            break
+        begun = time.perf_counter()
+        valid = [i for i in range(first - row_id_start, last - row_id_start) if problems[i] is None]
+        try:
+            if valid:
+                results = engine().fuse([(raw[i], synthetic[i]) for i in valid], before_batch=stop.check_batch)
+                fusions.update(zip(valid, results))
+        except WindowAborted:
+            break
+        done = last - row_id_start
+        window_seconds = time.perf_counter() - begun
+    table, problems = table.slice(0, done), problems[:done]
+    rows = done
 
     def column(value: Callable[[int], object], arrow_type: pa.DataType) -> pa.Array:
         return pa.array([value(i) for i in range(rows)], arrow_type)
@@ -120,33 +157,63 @@ def _job_id() -> str | None:
     return env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID")
 
 
-def run_shard(paths: RunPaths, settings: RunSettings, manifest: Manifest, shard_id: int, engine: Callable) -> ProgressRecord:
+def run_shard(paths: RunPaths, settings: RunSettings, manifest: Manifest, shard_id: int, engine: Callable,
+              stop: StopRequest = NEVER_STOP) -> ProgressRecord:
     shard = manifest.shard(shard_id)
     record = read_progress(paths.progress(shard_id)) or ProgressRecord.new(shard)
     if record.done:
         log.info("shard %d: already done", shard_id)
         return record
-    record = record.with_attempt(Attempt(time.time(), socket.gethostname(), os.getpid(), _job_id()))
+    record = record.with_attempt(Attempt(time.time(), socket.gethostname(), os.getpid(), _job_id(), restart_count()))
     write_progress(paths.progress(shard_id), record)
+    committed = 0
     try:
         input_file = manifest.files[shard.file]
         verify_input(input_file)
         reader = ShardReader(Path(input_file.path))
         offset = input_file.row_id_start
-        for start, stop in chunk_ranges(record, settings.chunk_rows):
+        for start, stop_row in chunk_ranges(record, settings.chunk_rows):
+            if stop.requested and committed:
+                break
             began = time.perf_counter()
-            table = reader.read(start - offset, stop - offset)
-            fused = fuse_chunk(table, start, manifest.columns, settings.max_caption_chars, engine)
+            table = reader.read(start - offset, stop_row - offset)
+            cuts = windows(start, stop_row, record.row_id_start, settings.window_rows)
+            fused = fuse_chunk(table, start, manifest.columns, settings.max_caption_chars, engine, cuts, stop,
+                               started=committed > 0)
+            if fused.num_rows == 0:
+                break
             record = commit_chunk(paths, record, fused, time.perf_counter() - began)
+            committed += fused.num_rows
             chunk = record.chunks[-1]
             log.info("shard %d chunk %d: rows %d-%d, %d ok, %.1f s", shard_id, chunk.index,
-                     start, stop, chunk.ok_rows, chunk.seconds)
+                     chunk.row_id_start, chunk.row_id_stop, chunk.ok_rows, chunk.seconds)
     except BaseException as exc:
         message = str(exc) if isinstance(exc, CapsfusError) else f"{type(exc).__name__}: {exc}"
         write_progress(paths.progress(shard_id), record.with_attempt_ended(time.time(), message or type(exc).__name__))
         raise
+    if stop.requested and not record.done:
+        return _stopped(paths, record, stop)
     record = record.with_attempt_ended(time.time(), None)
     write_progress(paths.progress(shard_id), record)
+    return record
+
+
+def _stopped(paths: RunPaths, record: ProgressRecord, stop: StopRequest) -> ProgressRecord:
+    """Close the attempt of a shard stopped early; on a time-limit warning, requeue the task."""
+    error = None
+    if stop.wants_requeue and restart_count() >= stop.max_requeues:
+        error = (f"time limit reached with rows left after {restart_count()} requeues (the limit, "
+                 f"--max-requeues {stop.max_requeues}); give tasks more --time or fewer rows")
+    record = record.with_attempt_ended(time.time(), error, stopped_by=stop.signal_name)
+    # The attempt is recorded before the requeue, since SLURM kills the task right after it.
+    write_progress(paths.progress(record.shard), record)
+    log.warning("shard %d: stopped by %s at row %d of %d-%d", record.shard, stop.signal_name,
+                record.next_row_id, record.row_id_start, record.row_id_stop)
+    if stop.wants_requeue and error is None:
+        log.warning("requeueing this task (requeue %d of at most %d)", restart_count() + 1, stop.max_requeues)
+        requeue_own_task()
+    elif error:
+        raise CapsfusError(f"shard {record.shard}: {error}")
     return record
 
 
@@ -154,6 +221,7 @@ def run_shards(run_dir: str, shard_ids: list[int]) -> dict[int, int]:
     """Task entry point: fuse the given shards of a run folder; returns committed rows per shard.
 
     A failing shard is recorded and the others still run; the task fails at the end if any did.
+    On a time-limit warning or a preemption the task commits what it has and stops.
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -162,16 +230,22 @@ def run_shards(run_dir: str, shard_ids: list[int]) -> dict[int, int]:
     if settings.package_version != __version__:
         log.warning("run.json was written by capsfus-hpc %s; this is %s", settings.package_version, __version__)
     engine = _LazyEngine(settings)
+    stop = StopRequest.from_environment().install()
     done: dict[int, int] = {}
     failures: list[str] = []
-    for shard_id in shard_ids:
-        try:
-            done[shard_id] = run_shard(paths, settings, manifest, shard_id, engine).rows_done
-        except Exception as exc:  # recorded in the shard's progress; the next shard still runs
-            log.error("shard %d failed: %s", shard_id, exc)
-            if not isinstance(exc, CapsfusError):
-                log.error("%s", traceback.format_exc())
-            failures.append(f"shard {shard_id}: {exc}")
+    try:
+        for shard_id in shard_ids:
+            if stop.requested:
+                break
+            try:
+                done[shard_id] = run_shard(paths, settings, manifest, shard_id, engine, stop).rows_done
+            except Exception as exc:  # recorded in the shard's progress; the next shard still runs
+                log.error("shard %d failed: %s", shard_id, exc)
+                if not isinstance(exc, CapsfusError):
+                    log.error("%s", traceback.format_exc())
+                failures.append(f"shard {shard_id}: {exc}")
+    finally:
+        stop.restore()
     if failures:
         raise CapsfusError("; ".join(failures))
     return done

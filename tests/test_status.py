@@ -2,9 +2,11 @@ from capsfus_hpc.columns import ColumnMapping
 from capsfus_hpc.inputs import Fingerprint
 from capsfus_hpc.manifest import InputFile, Manifest, Shard
 from capsfus_hpc.progress import Attempt, ChunkRecord, ProgressRecord
-from capsfus_hpc.status import (
-    DONE, FAILED, PENDING, RUNNING, SCHEDULER_GONE, SCHEDULER_PENDING, SCHEDULER_RUNNING, derive_status,
-)
+from capsfus_hpc.scheduler import GONE, TaskState
+from capsfus_hpc.status import DONE, FAILED, PENDING, RUNNING, derive_status
+
+SCHEDULER_RUNNING, SCHEDULER_PENDING, SCHEDULER_GONE = (TaskState("7_1", "RUNNING"), TaskState("7_1", "PENDING"),
+                                                         TaskState("99", GONE))
 
 MANIFEST = Manifest(
     columns=ColumnMapping(), rows_per_shard=100,
@@ -49,6 +51,24 @@ def test_rate_and_eta_come_from_chunk_timings():
 def test_a_scheduler_that_says_queued_wins_over_an_old_failure():
     status = derive_status(MANIFEST, {2: _record(2, 1, BROKEN)}, {2: SCHEDULER_PENDING})
     assert status.shards[2].state == PENDING
+
+
+def test_slurm_end_states_fail_a_shard_and_requeues_are_counted():
+    stopped = Attempt(0.0, "node1", 1, "7_3", ended_at=5.0, stopped_by="SIGUSR2")
+    record = _record(3, 1, stopped).with_attempt(OPEN)
+    status = derive_status(MANIFEST, {3: record, 2: _record(2, 1, FINISHED)},
+                           {3: TaskState("7_3", "CANCELLED"), 2: TaskState("7_2", "TIMEOUT")})
+    assert (status.shards[3].state, status.shards[3].error) == (FAILED, "CANCELLED")
+    assert (status.shards[3].requeues, status.shards[3].job_id, status.shards[3].slurm_state) == (1, "7_3", "CANCELLED")
+    assert (status.shards[2].state, status.shards[2].error) == (FAILED, "TIMEOUT")
+    requeued = derive_status(MANIFEST, {3: record}, {3: TaskState("7_3", "REQUEUED")})
+    assert requeued.shards[3].state == PENDING
+
+
+def test_a_requeue_limit_error_is_a_failure_even_when_slurm_says_completed():
+    limit = Attempt(0.0, "node1", 1, "7_4", ended_at=5.0, error="time limit reached", stopped_by="SIGUSR2")
+    status = derive_status(MANIFEST, {4: _record(4, 1, limit)}, {4: TaskState("7_4", "COMPLETED")})
+    assert (status.shards[4].state, status.shards[4].error) == (FAILED, "time limit reached")
 
 
 def test_all_done_is_complete():

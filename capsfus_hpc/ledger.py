@@ -1,0 +1,67 @@
+"""The jobs ledger: every SLURM submission of a run, appended to DIR/jobs.jsonl.
+
+One JSON line per submitted job: its tasks (job id of each task and the shards it runs).
+Lines are appended with O_APPEND and fsynced; a reader skips a torn last line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+FUSE = "fuse"
+REDUCE = "reduce"
+
+
+@dataclass(frozen=True)
+class Submission:
+    job_id: str
+    kind: str  # FUSE or REDUCE
+    tasks: tuple[tuple[str, tuple[int, ...]], ...]  # (task job id, shard ids)
+    submitted_at: float
+
+    def as_dict(self) -> dict:
+        return {"job_id": self.job_id, "kind": self.kind, "submitted_at": self.submitted_at,
+                "tasks": [[task, list(shards)] for task, shards in self.tasks]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Submission":
+        return cls(data["job_id"], data["kind"], tuple((t, tuple(s)) for t, s in data["tasks"]), data["submitted_at"])
+
+
+def append(path: Path, job_id: str, kind: str, tasks: list[tuple[str, list[int]]]) -> Submission:
+    entry = Submission(job_id, kind, tuple((t, tuple(s)) for t, s in tasks), time.time())
+    line = (json.dumps(entry.as_dict(), sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return entry
+
+
+def read(path: Path) -> list[Submission]:
+    if not path.exists():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        try:
+            entries.append(Submission.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a torn last line of an interrupted append
+    return entries
+
+
+def latest_task_of_shard(entries: list[Submission]) -> dict[int, str]:
+    """The task job id that most recently was given each shard."""
+    latest: dict[int, str] = {}
+    for entry in entries:
+        if entry.kind == FUSE:
+            for task, shards in entry.tasks:
+                for shard in shards:
+                    latest[shard] = task
+    return latest

@@ -1,0 +1,48 @@
+"""Cluster profiles: TOML files in slurm/profiles/ with sbatch resources and generation
+settings that suit one GPU type. Options given on the command line override them."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import CapsfusError
+
+# A checkout keeps profiles in slurm/profiles/; CAPSFUS_PROFILE_DIR points elsewhere.
+PROFILE_DIR = Path(__file__).resolve().parent.parent / "slurm" / "profiles"
+SLURM_KEYS = {"partition", "account", "qos", "time", "gpus", "cpus", "mem", "constraint"}
+GENERATION_KEYS = {"batch_size", "dtype"}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    slurm: dict = field(default_factory=dict)
+    generation: dict = field(default_factory=dict)
+
+
+def profile_dir() -> Path:
+    return Path(os.environ.get("CAPSFUS_PROFILE_DIR", PROFILE_DIR))
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in profile_dir().glob("*.toml"))
+
+
+def load_profile(name: str) -> Profile:
+    """A profile by name (e.g. H100-80G) or by path to a .toml file."""
+    path = Path(name) if name.endswith(".toml") else profile_dir() / f"{name}.toml"
+    if not path.exists():
+        raise CapsfusError(f"no cluster profile '{name}' (known: {', '.join(profile_names()) or 'none'} "
+                           f"in {profile_dir()})")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise CapsfusError(f"{path}: invalid TOML: {exc}") from exc
+    slurm, generation = data.get("slurm", {}), data.get("generation", {})
+    unknown = (set(slurm) - SLURM_KEYS) | (set(generation) - GENERATION_KEYS)
+    if unknown:
+        raise CapsfusError(f"{path}: unknown keys {', '.join(sorted(unknown))}")
+    return Profile(path.stem, slurm, generation)

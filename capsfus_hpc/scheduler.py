@@ -1,0 +1,108 @@
+"""What SLURM says of a run's tasks: squeue for live tasks, sacct for ended ones.
+
+The parsers are pure; `query` is the I/O edge. Without accounting (sacct failing) the run
+still has squeue and its own folder, and `SchedulerView.note` says what is missing.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass, field
+
+from .ledger import Submission, latest_task_of_shard
+
+PENDING_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING",
+                  "SUSPENDED", "STOPPED"}
+RUNNING_STATES = {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT"}
+# Ended states a shard can be failed by; COMPLETED tells nothing about a shard by itself.
+FAILURE_STATES = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "PREEMPTED", "NODE_FAIL", "CANCELLED", "BOOT_FAIL",
+                  "DEADLINE"}
+GONE = "GONE"  # a local task whose process is no longer there
+
+
+@dataclass(frozen=True)
+class TaskState:
+    job_id: str
+    state: str  # a SLURM state, or GONE
+
+    @property
+    def alive(self) -> bool:
+        return self.state in PENDING_STATES | RUNNING_STATES
+
+
+@dataclass(frozen=True)
+class SchedulerView:
+    tasks: dict[int, TaskState] = field(default_factory=dict)  # by shard id
+    note: str | None = None  # what the view lacks, for the user
+
+
+def parse_squeue(text: str) -> dict[str, str]:
+    """`squeue -h -r -o %i|%T` lines -> {task job id: state}."""
+    states = {}
+    for line in text.splitlines():
+        if "|" in line:
+            job_id, state = line.strip().split("|", 1)
+            states[job_id] = state.strip()
+    return states
+
+
+def _expand(job_id: str) -> list[str]:
+    """sacct writes never-started array tasks as one record, e.g. 19_[2-3%2] or 19_[1,4-5]."""
+    match = re.fullmatch(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]", job_id)
+    if not match:
+        return [job_id]
+    base, ranges = match.groups()
+    ids = []
+    for part in ranges.split(","):
+        low, _, high = part.partition("-")
+        ids += [f"{base}_{i}" for i in range(int(low), int(high or low) + 1)]
+    return ids
+
+
+def parse_sacct(text: str) -> dict[str, str]:
+    """`sacct -X -n -P --format=JobID,State` lines -> {task job id: state}; an own record wins."""
+    states: dict[str, str] = {}
+    grouped: dict[str, str] = {}
+    for line in text.splitlines():
+        if "|" not in line:
+            continue
+        job_id, state = line.strip().split("|")[:2]
+        state = state.split()[0] if state.strip() else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
+        expanded = _expand(job_id)
+        target = grouped if len(expanded) > 1 or expanded[0] != job_id else states
+        for task in expanded:
+            target[task] = state
+    return {**grouped, **states}
+
+
+def shard_tasks(entries: list[Submission], squeue: dict[str, str], sacct: dict[str, str]) -> dict[int, TaskState]:
+    """Each shard's latest task and its state: squeue (live) over sacct (ended)."""
+    tasks = {}
+    for shard, task in latest_task_of_shard(entries).items():
+        state = squeue.get(task) or sacct.get(task)
+        if state:
+            tasks[shard] = TaskState(task, state)
+    return tasks
+
+
+def _run(command: list[str]) -> tuple[bool, str]:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
+        return False, str(exc)
+    return result.returncode == 0, result.stdout if result.returncode == 0 else result.stderr.strip()
+
+
+def query(entries: list[Submission]) -> SchedulerView:
+    """Ask squeue and sacct about the ledger's jobs."""
+    if not entries:
+        return SchedulerView()
+    ok, squeue_text = _run(["squeue", "-h", "-r", "--me", "-o", "%i|%T"])
+    if not ok:
+        return SchedulerView(note=f"squeue failed ({squeue_text}); states come from the run folder only")
+    job_ids = ",".join(entry.job_id for entry in entries)
+    ok, sacct_text = _run(["sacct", "-X", "-n", "-P", "-j", job_ids, "--format=JobID,State"])
+    note = None if ok else (f"no accounting (sacct: {sacct_text}); ended tasks show no SLURM state, "
+                            "only what the run folder records")
+    return SchedulerView(shard_tasks(entries, parse_squeue(squeue_text), parse_sacct(sacct_text) if ok else {}), note)

@@ -1,0 +1,146 @@
+"""Runs on the real single-node SLURM cluster (slurm/dev-cluster): arrays, splitting, requeues,
+cancellation and resume. Every row must be accounted for exactly once."""
+
+import json
+import subprocess
+import time
+
+import pyarrow.parquet as pq
+
+from capsfus_hpc import ledger
+from capsfus_hpc.paths import RunPaths
+from capsfus_hpc.progress import read_progress
+from capsfus_hpc.reduce import DATA_FILE
+from capsfus_hpc.slurm import max_array_size
+
+from ..conftest import with_urls, write_parquet
+from ..test_cli import capsfus
+
+CHEAP = ["--cpus", 1, "--mem", "2G", "--time", 10]
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def status_of(run):
+    return json.loads(capsfus("status", run, "--json").stdout)
+
+
+def all_done(run):
+    return lambda: status_of(run)["counts"]["done"] == len(status_of(run)["shards"])
+
+
+def manifest_of(tmp_path, rows, rows_per_shard, row_group_rows=10):
+    source = write_parquet(tmp_path / "in.parquet", rows, row_group_rows=row_group_rows)
+    manifest = tmp_path / "m.json"
+    capsfus("manifest", "build", source, "-o", manifest, "--rows-per-shard", rows_per_shard)
+    return manifest
+
+
+def test_an_array_of_8_shards_with_throttle_2_completes_and_reduces(tmp_path, real_records, smoke_model):
+    manifest = manifest_of(tmp_path, with_urls(real_records[:80], duplicate_every=10), 10)
+    run, final = tmp_path / "run it's; \"odd\" $x", tmp_path / "final"
+    options = ["--model", smoke_model, "--greedy", "--max-new-tokens", 8, "--array-parallelism", 2, *CHEAP]
+    plan = json.loads(capsfus("submit", manifest, "-o", run, *options, "--dry-run", "--json").stdout)
+    assert not run.exists(), "a dry run leaves no files"
+    assert [len(array) for array in plan["arrays"]] == [8] and "#SBATCH --array=0-7%2" in plan["scripts"][0]
+    assert plan["test_only"][0].startswith("sbatch: Job")
+
+    capsfus("submit", manifest, "-o", run, *options, "--then-reduce", final)
+    fuse, reduce_job = ledger.read(RunPaths(run).ledger)
+    assert (fuse.kind, reduce_job.kind) == (ledger.FUSE, ledger.REDUCE)
+    assert (RunPaths(run).logs / f"{fuse.job_id}_submission.sh").read_text() == plan["scripts"][0]
+    wait_until(lambda: (final / "stats.json").exists(), 300, "the reduce job after the array")
+    stats = json.loads((final / "stats.json").read_text())
+    assert stats["rows_in"] == 80 and stats["rows_out"] + stats["rejected_total"] + stats["duplicates"] == 80
+    status = status_of(run)
+    assert status["counts"]["done"] == 8 and {s["slurm_state"] for s in status["shards"]} == {"COMPLETED"}
+
+
+def test_more_shards_than_max_array_size_go_out_as_several_arrays(tmp_path):
+    limit = max_array_size()
+    count = limit + 7
+    # Rows with an empty raw caption need no model, so each task is cheap.
+    rows = [{"image_url": f"u{i}", "laion_2b": "", "laion_coco": "a caption"} for i in range(count)]
+    manifest = manifest_of(tmp_path, rows, 1, row_group_rows=1)
+    run = tmp_path / "run"
+    capsfus("submit", manifest, "-o", run, "--model", "unused/model", "--array-parallelism", 2, *CHEAP)
+    entries = ledger.read(RunPaths(run).ledger)
+    assert [len(e.tasks) for e in entries] == [limit, 7]
+    submitted = [shard for e in entries for _, shards in e.tasks for shard in shards]
+    assert sorted(submitted) == list(range(count)), "every shard submitted exactly once"
+    wait_until(all_done(run), 400, "all shards of both arrays")
+    stats = json.loads(capsfus("reduce", run, "--final", tmp_path / "final", "--json").stdout)
+    assert stats["rows_in"] == count and stats["rejected"] == {"raw_caption_empty": count}
+
+
+def _clean_local_run(tmp_path, manifest, options):
+    clean = tmp_path / "clean"
+    capsfus("submit", manifest, "-o", clean, *options, "--local")
+    capsfus("reduce", clean, "--final", tmp_path / "clean-final")
+    return pq.read_table(tmp_path / "clean-final" / DATA_FILE)
+
+
+def test_a_preempted_task_is_requeued_and_finishes_without_losing_or_repeating_rows(tmp_path, real_records,
+                                                                                    smoke_model):
+    manifest = manifest_of(tmp_path, with_urls(real_records[:240]), 240)
+    options = ["--model", smoke_model, "--chunk-rows", 32, "--window-rows", 16, "--batch-size", 8]
+    run = tmp_path / "run"
+    capsfus("submit", manifest, "-o", run, *options, *CHEAP)
+    paths = RunPaths(run)
+    wait_until(lambda: (r := read_progress(paths.progress(0))) is not None and len(r.chunks) >= 2, 180,
+               "two committed chunks")
+    [entry] = ledger.read(paths.ledger)
+    subprocess.run(["scontrol", "requeue", entry.tasks[0][0]], check=True)
+    wait_until(all_done(run), 300, "the requeued task to finish")
+    record = read_progress(paths.progress(0))
+    assert record.attempts[0].stopped_by == "SIGTERM" and record.requeues >= 1
+    assert status_of(run)["shards"][0]["requeues"] >= 1
+    capsfus("reduce", run, "--final", tmp_path / "final")
+    data = pq.read_table(tmp_path / "final" / DATA_FILE)
+    assert data.column("row_id").to_pylist() == list(range(240))
+    assert data.equals(_clean_local_run(tmp_path, manifest, options))
+
+
+def test_a_task_whose_time_limit_is_shorter_than_its_work_finishes_after_requeues(tmp_path, real_records,
+                                                                                  smoke_model):
+    manifest = manifest_of(tmp_path, with_urls(real_records[:900]), 900, row_group_rows=100)
+    options = ["--model", smoke_model, "--chunk-rows", 64, "--window-rows", 16, "--batch-size", 8]
+    run = tmp_path / "run"
+    capsfus("submit", manifest, "-o", run, *options, "--cpus", 1, "--mem", "2G", "--time", 1,
+            "--signal-delay", 45, "--max-requeues", 12)
+    wait_until(all_done(run), 540, "the shard to finish across time-limit requeues")
+    record = read_progress(RunPaths(run).progress(0))
+    assert any(a.stopped_by == "SIGUSR2" for a in record.attempts), "the time limit should have been hit"
+    capsfus("reduce", run, "--final", tmp_path / "final")
+    data = pq.read_table(tmp_path / "final" / DATA_FILE)
+    assert data.column("row_id").to_pylist() == list(range(900))
+    assert data.equals(_clean_local_run(tmp_path, manifest, options))
+
+
+def test_a_cancelled_shard_shows_cancelled_and_resume_resubmits_exactly_it(tmp_path, real_records, smoke_model):
+    manifest = manifest_of(tmp_path, with_urls(real_records[:30]), 10)
+    run = tmp_path / "run"
+    capsfus("submit", manifest, "-o", run, "--model", smoke_model, "--greedy", "--max-new-tokens", 8,
+            "--array-parallelism", 1, *CHEAP)
+    [entry] = ledger.read(RunPaths(run).ledger)
+    cancelled_task = entry.tasks[2][0]
+    subprocess.run(["scancel", cancelled_task], check=True)
+    wait_until(lambda: [s["state"] for s in status_of(run)["shards"]] == ["done", "done", "failed"], 240,
+               "shards 0 and 1 done, shard 2 cancelled")
+    shard = status_of(run)["shards"][2]
+    assert shard["slurm_state"] == "CANCELLED" and shard["error"].startswith("CANCELLED")
+    plan = json.loads(capsfus("resume", run, "--dry-run", "--json", *CHEAP).stdout)
+    assert plan["arrays"] == [[[2]]]
+    capsfus("resume", run, *CHEAP)
+    latest = ledger.read(RunPaths(run).ledger)[-1]
+    assert [shards for _, shards in latest.tasks] == [(2,)]
+    wait_until(all_done(run), 240, "the resubmitted shard")
+    stats = json.loads(capsfus("reduce", run, "--final", tmp_path / "final", "--json").stdout)
+    assert stats["rows_in"] == 30 and stats["rows_out"] + stats["rejected_total"] + stats["duplicates"] == 30

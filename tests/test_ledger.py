@@ -1,0 +1,13 @@
+from capsfus_hpc import ledger
+
+
+def test_submissions_append_and_read_back_skipping_a_torn_line(tmp_path):
+    path = tmp_path / "jobs.jsonl"
+    ledger.append(path, "40", ledger.FUSE, [("40_0", [0, 1]), ("40_1", [2])])
+    ledger.append(path, "41", ledger.FUSE, [("41", [1])])
+    with open(path, "a") as handle:
+        handle.write('{"job_id": "42", "ki')
+    entries = ledger.read(path)
+    assert [e.job_id for e in entries] == ["40", "41"]
+    assert entries[0].tasks == (("40_0", (0, 1)), ("40_1", (2,)))
+    assert ledger.latest_task_of_shard(entries) == {0: "40_0", 1: "41", 2: "40_1"}

@@ -1,0 +1,22 @@
+from capsfus_hpc.ledger import FUSE, Submission
+from capsfus_hpc.scheduler import parse_sacct, parse_squeue, shard_tasks
+
+
+def test_squeue_lines_give_each_array_task_its_state():
+    assert parse_squeue("12_0|RUNNING\n12_3|PENDING\n15|PENDING\n") == {
+        "12_0": "RUNNING", "12_3": "PENDING", "15": "PENDING"}
+
+
+def test_sacct_states_are_read_per_task_and_grouped_records_expanded():
+    text = "19_0|COMPLETED\n19_1|CANCELLED by 0\n19_[2-3%2]|CANCELLED by 0\n19_2|RUNNING\n20|TIMEOUT\n21_[5,7-8]|PENDING\n"
+    assert parse_sacct(text) == {
+        "19_0": "COMPLETED", "19_1": "CANCELLED", "19_2": "RUNNING", "19_3": "CANCELLED", "20": "TIMEOUT",
+        "21_5": "PENDING", "21_7": "PENDING", "21_8": "PENDING"}
+
+
+def test_a_shard_takes_the_state_of_its_latest_task_squeue_first():
+    entries = [Submission("30", FUSE, (("30_0", (0, 1)), ("30_1", (2,))), 1.0),
+               Submission("31", FUSE, (("31", (2,)),), 2.0)]
+    tasks = shard_tasks(entries, {"31": "PENDING"}, {"30_0": "COMPLETED", "30_1": "CANCELLED", "31": "CANCELLED"})
+    assert {shard: (t.job_id, t.state) for shard, t in tasks.items()} == {
+        0: ("30_0", "COMPLETED"), 1: ("30_0", "COMPLETED"), 2: ("31", "PENDING")}
