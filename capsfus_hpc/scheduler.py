@@ -19,6 +19,9 @@ RUNNING_STATES = {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT"}
 FAILURE_STATES = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "PREEMPTED", "NODE_FAIL", "CANCELLED", "BOOT_FAIL",
                   "DEADLINE"}
 GONE = "GONE"  # a local task whose process is no longer there
+# Submitted, but in neither squeue nor sacct: SLURM 22.05 keeps no record of a pending array
+# task cancelled on its own.
+MISSING = "MISSING"
 
 
 @dataclass(frozen=True)
@@ -76,11 +79,13 @@ def parse_sacct(text: str) -> dict[str, str]:
     return {**grouped, **states}
 
 
-def shard_tasks(entries: list[Submission], squeue: dict[str, str], sacct: dict[str, str]) -> dict[int, TaskState]:
-    """Each shard's latest task and its state: squeue (live) over sacct (ended)."""
+def shard_tasks(entries: list[Submission], squeue: dict[str, str], sacct: dict[str, str] | None) -> dict[int, TaskState]:
+    """Each shard's latest task and its state: squeue (live) over sacct (ended).
+
+    With accounting (sacct not None) a task known to neither is MISSING."""
     tasks = {}
     for shard, task in latest_task_of_shard(entries).items():
-        state = squeue.get(task) or sacct.get(task)
+        state = squeue.get(task) or (sacct or {}).get(task) or (MISSING if sacct is not None else None)
         if state:
             tasks[shard] = TaskState(task, state)
     return tasks
@@ -105,4 +110,4 @@ def query(entries: list[Submission]) -> SchedulerView:
     ok, sacct_text = _run(["sacct", "-X", "-n", "-P", "-j", job_ids, "--format=JobID,State"])
     note = None if ok else (f"no accounting (sacct: {sacct_text}); ended tasks show no SLURM state, "
                             "only what the run folder records")
-    return SchedulerView(shard_tasks(entries, parse_squeue(squeue_text), parse_sacct(sacct_text) if ok else {}), note)
+    return SchedulerView(shard_tasks(entries, parse_squeue(squeue_text), parse_sacct(sacct_text) if ok else None), note)

@@ -15,7 +15,7 @@ from . import ledger, scheduler
 from .manifest import Manifest
 from .paths import RunPaths
 from .progress import ProgressRecord, read_progress
-from .scheduler import FAILURE_STATES, GONE, PENDING_STATES, RUNNING_STATES, TaskState
+from .scheduler import FAILURE_STATES, GONE, MISSING, PENDING_STATES, RUNNING_STATES, TaskState
 
 PENDING = "pending"
 RUNNING = "running"
@@ -69,6 +69,9 @@ def _shard_state(record: ProgressRecord | None, task: TaskState | None) -> tuple
         return PENDING, None
     if task is not None and task.state == GONE:
         return FAILED, "the worker process died without reporting (killed or crashed)"
+    if task is not None and task.state == MISSING:
+        return FAILED, (f"task {task.job_id} is neither queued nor in SLURM's accounting "
+                        "(cancelled before it started?)")
     if task is not None and task.state in FAILURE_STATES:
         return FAILED, f"{task.state}" + (f": {attempt.error}" if attempt and attempt.error else "")
     if attempt is None:

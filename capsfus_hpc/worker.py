@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__
+from . import __version__, faults
 from .atomic import atomic_write_bytes, sha256_bytes
 from .columns import (
     COMPLETION_TOKENS, DETAIL, FINISH_REASON, FUSED_CAPTION, INPUT_ERROR, PROMPT_TOKENS, REASON, ROW_ID,
@@ -89,6 +89,7 @@ def fuse_chunk(table: pa.Table, row_id_start: int, columns: ColumnMapping, max_c
                 fusions.update(zip(valid, results))
         except WindowAborted:
             break
+        faults.after_window()
         done = last - row_id_start
         window_seconds = time.perf_counter() - begun
     table, problems = table.slice(0, done), problems[:done]

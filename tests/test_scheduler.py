@@ -20,3 +20,10 @@ def test_a_shard_takes_the_state_of_its_latest_task_squeue_first():
     tasks = shard_tasks(entries, {"31": "PENDING"}, {"30_0": "COMPLETED", "30_1": "CANCELLED", "31": "CANCELLED"})
     assert {shard: (t.job_id, t.state) for shard, t in tasks.items()} == {
         0: ("30_0", "COMPLETED"), 1: ("30_0", "COMPLETED"), 2: ("31", "PENDING")}
+
+
+def test_a_submitted_task_unknown_to_squeue_and_sacct_is_missing_but_only_with_accounting():
+    entries = [Submission("50", FUSE, (("50_0", (0,)), ("50_1", (1,))), 1.0)]
+    with_accounting = shard_tasks(entries, {}, {"50_0": "COMPLETED"})
+    assert (with_accounting[1].job_id, with_accounting[1].state) == ("50_1", "MISSING")
+    assert shard_tasks(entries, {}, None) == {}
