@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import shlex
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,16 +16,17 @@ from rich.live import Live
 
 from . import __version__
 from .columns import ColumnMapping
-from .display import row_progress, safe, stats_table, status_table
+from .display import plan_document, plan_text, row_progress, safe, stats_table, status_table
 from .errors import CapsfusError
-from .launch import plan_slurm, submit_local, submit_plan
-from .manifest import DEFAULT_ROWS_PER_SHARD, build_manifest, load_manifest
+from .launch import prepare_slurm, submit_local, submit_plan, validate_plan
+from .manifest import DEFAULT_ROWS_PER_SHARD, build_manifest
+from . import options as opt
 from .paths import RunPaths
 from .profiles import load_profile
 from .reduce import reduce_run
 from .settings import load_run, load_settings, open_or_create, requested_settings
-from .slurm import DEFAULT_MAX_ARRAY_SIZE, SlurmOptions, max_array_size, sbatch_test_only, slurm_reachable
-from .status import FAILED, derive_status, gather_status
+from .slurm import SlurmOptions
+from .status import FAILED, gather_status
 from .worker import run_shards
 
 app = typer.Typer(
@@ -35,11 +37,6 @@ app = typer.Typer(
 manifest_app = typer.Typer(no_args_is_help=True, help="Build manifests: input files cut into shards.")
 app.add_typer(manifest_app, name="manifest")
 console = Console(stderr=True)
-
-RunDir = Annotated[Path, typer.Argument(help="Run folder (holds run.json, shards/ and logs/).")]
-OutputDir = Annotated[Path, typer.Option("--output", "-o", help="Run folder to create or continue.")]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
-
 
 def user_errors(command):
     """Turn the project's errors into one red line and exit code 1, never a traceback."""
@@ -71,8 +68,8 @@ def manifest_build(
     raw_column: Annotated[str, typer.Option(help="Column of the raw web caption.")] = "laion_2b",
     synthetic_column: Annotated[str, typer.Option(help="Column of the synthetic caption.")] = "laion_coco",
     key_column: Annotated[Optional[str], typer.Option(help="Column identifying a row, used to deduplicate "
-                                                      "[default: image_url, if present].")] = None,
-    as_json: JsonFlag = False,
+                                                      "(default: image_url, if present).")] = None,
+    as_json: opt.JsonFlag = False,
 ):
     """Cut input files into shards, reading only parquet footers; JSON inputs are staged to parquet once.
 
@@ -93,54 +90,27 @@ def manifest_build(
                       f"in {summary['shards']} shard(s)")
 
 
-# Options of the run commands (submit, resume), declared once.
-NumBeams = Annotated[Optional[int], typer.Option("--num-beams", help="Beams [default: 3, as the reference].")]
-Greedy = Annotated[bool, typer.Option("--greedy", help="Greedy decoding (same as --num-beams 1).")]
-MaxNewTokens = Annotated[Optional[int], typer.Option(help="[default: 80]")]
-BatchSize = Annotated[Optional[int], typer.Option(help="Prompts per generate call [default: 16, or the profile's].")]
-ChunkRows = Annotated[Optional[int], typer.Option(help="Rows per committed part [default: 2048].")]
-WindowRows = Annotated[Optional[int], typer.Option(help="Rows sorted and batched together; an early stop commits whole windows [default: 256].")]
-Dtype = Annotated[Optional[str], typer.Option(help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")]
-MaxCaptionChars = Annotated[Optional[int], typer.Option(help="Longer input captions are rejected [default: 4000].")]
-TrustRemoteCode = Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Run the model repo's own code (off unless asked).")]
-Local = Annotated[bool, typer.Option("--local", help="Run the tasks on this machine (submitit LocalExecutor).")]
-Workers = Annotated[int, typer.Option(help="With --local: tasks at once.")]
-ShardsPerTask = Annotated[int, typer.Option(help="Shards one task runs in turn.")]
-DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the sbatch script(s) and the estimate; submit nothing, write nothing.")]
-Profile = Annotated[Optional[str], typer.Option(help="Cluster profile from slurm/profiles (A100-40G, A100-80G, A800-80G, H100-80G) or a .toml path.")]
-Partition = Annotated[Optional[str], typer.Option(help="SLURM partition.")]
-Account = Annotated[Optional[str], typer.Option(help="SLURM account.")]
-Qos = Annotated[Optional[str], typer.Option(help="SLURM QOS.")]
-Time = Annotated[Optional[str], typer.Option("--time", help="Time limit per task, e.g. 04:00:00 [default: 04:00:00, or the profile's].")]
-Gpus = Annotated[Optional[int], typer.Option(help="GPUs per task.")]
-Cpus = Annotated[Optional[int], typer.Option(help="CPUs per task.")]
-Mem = Annotated[Optional[str], typer.Option(help="Memory per task, e.g. 96G.")]
-Constraint = Annotated[Optional[str], typer.Option(help="SLURM node constraint.")]
-SbatchArg = Annotated[Optional[list[str]], typer.Option("--sbatch-arg", help="Extra sbatch argument, e.g. --sbatch-arg=--exclude=node7; repeatable.")]
-ArrayParallelism = Annotated[Optional[int], typer.Option(help="Tasks of one array running at once (%N).")]
-SignalDelay = Annotated[int, typer.Option(help="Seconds of warning (USR2) before the time limit.")]
-MaxRequeues = Annotated[int, typer.Option(help="Time-limit requeues of a task before it is reported failed.")]
-SamplesPerS = Annotated[float, typer.Option(help="Stated samples/s of one task, for the GPU-hour estimate.")]
-ThenReduce = Annotated[Optional[Path], typer.Option("--then-reduce", help="Also submit a reduce job into this folder, after the arrays (afterany).")]
-
-
-def _run_options(greedy, num_beams, profile, **options) -> dict:
-    if greedy and num_beams not in (None, 1):
+def _run_command(paths: RunPaths, manifest: Path, model: str, revision: Optional[str], given: dict) -> None:
+    """The shared body of submit and resume; `given` holds the command's parsed options."""
+    profile = load_profile(given["profile"]) if given["profile"] else None
+    if given["greedy"] and given["num_beams"] not in (None, 1):
         raise CapsfusError("--greedy and --num-beams disagree; give one of them")
-    options["num_beams"] = 1 if greedy else num_beams
+    options = {name: given[name] for name in ("max_new_tokens", "batch_size", "chunk_rows", "window_rows", "dtype",
+                                              "max_caption_chars", "trust_remote_code")}
+    options["num_beams"] = 1 if given["greedy"] else given["num_beams"]
     for key, value in (profile.generation if profile else {}).items():
         if options.get(key) is None:
             options[key] = value
-    return options
-
-
-def _slurm_options(profile, time, gpus, cpus, mem, partition, account, qos, constraint, sbatch_arg,
-                   array_parallelism, signal_delay, max_requeues) -> SlurmOptions:
-    given = dict(time=time, gpus=gpus, cpus=cpus, mem=mem, partition=partition, account=account, qos=qos,
-                 constraint=constraint)
-    merged = {**(profile.slurm if profile else {}), **{k: v for k, v in given.items() if v is not None}}
-    return SlurmOptions(**merged, extra=tuple(sbatch_arg or ()), array_parallelism=array_parallelism,
-                        signal_delay_s=signal_delay, max_requeues=max_requeues)
+    requested = requested_settings(manifest, model, revision, **options)
+    resources = {name: given[name] for name in ("time", "gpus", "cpus", "mem", "partition", "account", "qos",
+                                                "constraint") if given[name] is not None}
+    slurm_options = SlurmOptions(**{**(profile.slurm if profile else {}), **resources},
+                                 extra=tuple(given["sbatch_arg"] or ()), array_parallelism=given["array_parallelism"],
+                                 signal_delay_s=given["signal_delay"], max_requeues=given["max_requeues"])
+    _launch(paths, requested, {k for k, v in options.items() if v is not None}, local=given["local"],
+            dry_run=given["dry_run"], workers=given["workers"], shards_per_task=given["shards_per_task"],
+            slurm_options=slurm_options, samples_per_s=given["samples_per_s"], then_reduce=given["then_reduce"],
+            as_json=given["as_json"])
 
 
 def _launch(paths: RunPaths, requested, given: set[str], *, local: bool, dry_run: bool, workers: int,
@@ -152,47 +122,28 @@ def _launch(paths: RunPaths, requested, given: set[str], *, local: bool, dry_run
         if dry_run or then_reduce:
             raise CapsfusError("--dry-run and --then-reduce are for SLURM submissions; drop --local")
         return _launch_local(paths, workers, shards_per_task, as_json)
-    manifest = load_manifest(Path(requested.manifest))
-    run_status = (gather_status(paths, manifest) if paths.run_config.exists()
-                  else derive_status(manifest, {}, {}))
-    plan = plan_slurm(paths, run_status, slurm_options, shards_per_task,
-                      max_array_size() if slurm_reachable() or not dry_run else DEFAULT_MAX_ARRAY_SIZE,
-                      samples_per_s, then_reduce)
+    plan, reachable = prepare_slurm(paths, Path(requested.manifest), slurm_options, shards_per_task, samples_per_s,
+                                    then_reduce)
     if dry_run:
-        return _print_plan(plan, as_json)
+        return _print_plan(plan, validate_plan(plan, reachable), as_json)
+    if not reachable:
+        raise CapsfusError("SLURM does not answer (sinfo failed); run on a login node, or use --local")
     entries = submit_plan(paths, plan, then_reduce)
-    summary = {"run": str(paths.root), "jobs": [e.as_dict() for e in entries],
-               "shards": sum(len(g) for a in plan.arrays for g in a), "rows": plan.rows}
     if as_json:
-        print_json(summary)
-    else:
-        for entry in entries:
-            console.print(f"submitted {entry.kind} job {entry.job_id}: {len(entry.tasks)} task(s)")
-        if not entries:
-            console.print("nothing to submit: every shard is done, running or queued")
-        console.print(f"follow it with: capsfus-hpc status {safe(paths.root)} --watch")
-
-
-def _print_plan(plan, as_json: bool) -> None:
-    scripts = plan.scripts()
-    checks = [sbatch_test_only(script) if slurm_reachable() else "SLURM not reachable: not validated"
-              for script in scripts[: len(plan.specs)]]
-    estimate = {"rows": plan.rows, "samples_per_s": plan.samples_per_s, "gpus_per_task": plan.gpus_per_task,
-                "gpu_hours": round(plan.gpu_hours, 2)}
-    if as_json:
-        print_json({"arrays": [[list(g) for g in a] for a in plan.arrays], "scripts": scripts,
-                    "test_only": checks, "estimate": estimate})
+        print_json({"run": str(paths.root), "jobs": [e.as_dict() for e in entries], "rows": plan.rows})
         return
-    for index, (array, script) in enumerate(zip(plan.arrays, scripts)):
-        shards = [s for group in array for s in group]
-        typer.echo(f"# array {index}: {len(array)} task(s), shards {shards[0]}..{shards[-1]}" if shards else "")
-        typer.echo(script)
-        typer.echo(f"# sbatch --test-only: {checks[index]}\n")
-    if plan.reduce_spec is not None:
-        typer.echo("# reduce job, after the arrays above")
-        typer.echo(scripts[-1])
-    typer.echo(f"# {plan.rows} rows to fuse at a stated {plan.samples_per_s:g} samples/s per task "
-               f"({max(plan.gpus_per_task, 1)} GPU each): about {plan.gpu_hours:.1f} GPU-hours. Nothing was submitted.")
+    for entry in entries:
+        console.print(f"submitted {entry.kind} job {entry.job_id}: {len(entry.tasks)} task(s)")
+    if not entries:
+        console.print("nothing to submit: every shard is done, running or queued")
+    console.print(f"follow it with: capsfus-hpc status {safe(shlex.quote(str(paths.root)))} --watch 10")
+
+
+def _print_plan(plan, checks: list[str], as_json: bool) -> None:
+    if as_json:
+        print_json(plan_document(plan, checks))
+    else:
+        typer.echo(plan_text(plan, checks))
 
 
 def _launch_local(paths: RunPaths, workers: int, shards_per_task: int, as_json: bool) -> None:
@@ -219,49 +170,39 @@ def _launch_local(paths: RunPaths, workers: int, shards_per_task: int, as_json: 
 @user_errors
 def submit(
     manifest: Annotated[Path, typer.Argument(help="Manifest from 'capsfus-hpc manifest build'.")],
-    output: OutputDir,
+    output: opt.OutputDir,
     model: Annotated[str, typer.Option(help="Model folder or hub id, e.g. BAAI/CapsFus-LLaMA.")],
     revision: Annotated[Optional[str], typer.Option(help="Model revision (hub models).")] = None,
-    local: Local = False, dry_run: DryRun = False, profile: Profile = None,
-    num_beams: NumBeams = None, greedy: Greedy = False, max_new_tokens: MaxNewTokens = None,
-    batch_size: BatchSize = None, chunk_rows: ChunkRows = None, window_rows: WindowRows = None, dtype: Dtype = None,
-    max_caption_chars: MaxCaptionChars = None, trust_remote_code: TrustRemoteCode = None,
-    workers: Workers = 1, shards_per_task: ShardsPerTask = 1,
-    partition: Partition = None, account: Account = None, qos: Qos = None, time: Time = None, gpus: Gpus = None,
-    cpus: Cpus = None, mem: Mem = None, constraint: Constraint = None, sbatch_arg: SbatchArg = None,
-    array_parallelism: ArrayParallelism = None, signal_delay: SignalDelay = 120, max_requeues: MaxRequeues = 5,
-    samples_per_s: SamplesPerS = 50.0, then_reduce: ThenReduce = None, as_json: JsonFlag = False,
+    local: opt.Local = False, dry_run: opt.DryRun = False, profile: opt.Profile = None,
+    num_beams: opt.NumBeams = None, greedy: opt.Greedy = False, max_new_tokens: opt.MaxNewTokens = None,
+    batch_size: opt.BatchSize = None, chunk_rows: opt.ChunkRows = None, window_rows: opt.WindowRows = None, dtype: opt.Dtype = None,
+    max_caption_chars: opt.MaxCaptionChars = None, trust_remote_code: opt.TrustRemoteCode = None,
+    workers: opt.Workers = 1, shards_per_task: opt.ShardsPerTask = 1,
+    partition: opt.Partition = None, account: opt.Account = None, qos: opt.Qos = None, time: opt.Time = None, gpus: opt.Gpus = None,
+    cpus: opt.Cpus = None, mem: opt.Mem = None, constraint: opt.Constraint = None, sbatch_arg: opt.SbatchArg = None,
+    array_parallelism: opt.ArrayParallelism = None, signal_delay: opt.SignalDelay = 120, max_requeues: opt.MaxRequeues = 5,
+    samples_per_s: opt.SamplesPerS = 50.0, then_reduce: opt.ThenReduce = None, as_json: opt.JsonFlag = False,
 ):
     """Fuse every shard not done yet: SLURM job arrays, or --local tasks. The run folder freezes the settings.
 
     Example: capsfus-hpc submit manifests/laion.json -o runs/laion --model BAAI/CapsFus-LLaMA --profile H100-80G --dry-run
     """
-    chosen = load_profile(profile) if profile else None
-    options = _run_options(greedy, num_beams, chosen, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           chunk_rows=chunk_rows, window_rows=window_rows, dtype=dtype,
-                           max_caption_chars=max_caption_chars,
-                           trust_remote_code=trust_remote_code)
-    requested = requested_settings(manifest, model, revision, **options)
-    slurm_options = _slurm_options(chosen, time, gpus, cpus, mem, partition, account, qos, constraint, sbatch_arg,
-                                   array_parallelism, signal_delay, max_requeues)
-    _launch(RunPaths(output), requested, {k for k, v in options.items() if v is not None}, local=local,
-            dry_run=dry_run, workers=workers, shards_per_task=shards_per_task, slurm_options=slurm_options,
-            samples_per_s=samples_per_s, then_reduce=then_reduce, as_json=as_json)
+    _run_command(RunPaths(output), manifest, model, revision, locals())
 
 
 @app.command()
 @user_errors
 def resume(
-    run_dir: RunDir,
-    local: Local = False, dry_run: DryRun = False, profile: Profile = None,
-    num_beams: NumBeams = None, greedy: Greedy = False, max_new_tokens: MaxNewTokens = None,
-    batch_size: BatchSize = None, chunk_rows: ChunkRows = None, window_rows: WindowRows = None, dtype: Dtype = None,
-    max_caption_chars: MaxCaptionChars = None, trust_remote_code: TrustRemoteCode = None,
-    workers: Workers = 1, shards_per_task: ShardsPerTask = 1,
-    partition: Partition = None, account: Account = None, qos: Qos = None, time: Time = None, gpus: Gpus = None,
-    cpus: Cpus = None, mem: Mem = None, constraint: Constraint = None, sbatch_arg: SbatchArg = None,
-    array_parallelism: ArrayParallelism = None, signal_delay: SignalDelay = 120, max_requeues: MaxRequeues = 5,
-    samples_per_s: SamplesPerS = 50.0, then_reduce: ThenReduce = None, as_json: JsonFlag = False,
+    run_dir: opt.RunDir,
+    local: opt.Local = False, dry_run: opt.DryRun = False, profile: opt.Profile = None,
+    num_beams: opt.NumBeams = None, greedy: opt.Greedy = False, max_new_tokens: opt.MaxNewTokens = None,
+    batch_size: opt.BatchSize = None, chunk_rows: opt.ChunkRows = None, window_rows: opt.WindowRows = None, dtype: opt.Dtype = None,
+    max_caption_chars: opt.MaxCaptionChars = None, trust_remote_code: opt.TrustRemoteCode = None,
+    workers: opt.Workers = 1, shards_per_task: opt.ShardsPerTask = 1,
+    partition: opt.Partition = None, account: opt.Account = None, qos: opt.Qos = None, time: opt.Time = None, gpus: opt.Gpus = None,
+    cpus: opt.Cpus = None, mem: opt.Mem = None, constraint: opt.Constraint = None, sbatch_arg: opt.SbatchArg = None,
+    array_parallelism: opt.ArrayParallelism = None, signal_delay: opt.SignalDelay = 120, max_requeues: opt.MaxRequeues = 5,
+    samples_per_s: opt.SamplesPerS = 50.0, then_reduce: opt.ThenReduce = None, as_json: opt.JsonFlag = False,
 ):
     """Submit only the shards that are neither done nor queued or running, as new arrays.
 
@@ -271,24 +212,14 @@ def resume(
     """
     paths = RunPaths(run_dir)
     frozen = load_settings(paths)
-    chosen = load_profile(profile) if profile else None
-    options = _run_options(greedy, num_beams, chosen, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           chunk_rows=chunk_rows, window_rows=window_rows, dtype=dtype,
-                           max_caption_chars=max_caption_chars,
-                           trust_remote_code=trust_remote_code)
     # A local model folder's revision is recomputed from its files; a hub id keeps its revision.
-    requested = requested_settings(Path(frozen.manifest), frozen.model, frozen.model_revision, **options)
-    slurm_options = _slurm_options(chosen, time, gpus, cpus, mem, partition, account, qos, constraint, sbatch_arg,
-                                   array_parallelism, signal_delay, max_requeues)
-    _launch(paths, requested, {k for k, v in options.items() if v is not None}, local=local, dry_run=dry_run,
-            workers=workers, shards_per_task=shards_per_task, slurm_options=slurm_options,
-            samples_per_s=samples_per_s, then_reduce=then_reduce, as_json=as_json)
+    _run_command(paths, Path(frozen.manifest), frozen.model, frozen.model_revision, locals())
 
 
 @app.command()
 @user_errors
 def work(
-    run_dir: RunDir,
+    run_dir: opt.RunDir,
     shard: Annotated[list[int], typer.Option("--shard", help="Shard id; repeat for several.")],
 ):
     """Run shards in the foreground, the way a SLURM task would.
@@ -315,8 +246,8 @@ def _log_tails(paths: RunPaths, run_status, lines: int = 4) -> dict[int, str]:
 @app.command()
 @user_errors
 def status(
-    run_dir: RunDir,
-    as_json: JsonFlag = False,
+    run_dir: opt.RunDir,
+    as_json: opt.JsonFlag = False,
     watch: Annotated[Optional[float], typer.Option("--watch", help="Refresh in place every N seconds until done "
                                                    "(Ctrl-C stops).", show_default=False)] = None,
 ):
@@ -353,9 +284,9 @@ def status(
 @app.command()
 @user_errors
 def reduce(
-    run_dir: RunDir,
+    run_dir: opt.RunDir,
     final: Annotated[Path, typer.Option("--final", help="Folder for the final dataset.")],
-    as_json: JsonFlag = False,
+    as_json: opt.JsonFlag = False,
 ):
     """Reconcile every row, reject invalid ones, deduplicate keys and write the final dataset.
 

@@ -17,7 +17,6 @@ from .display import safe
 from .errors import CapsfusError
 from .examples import write_example_parquet
 from .reduce import DATA_FILE
-from .smoke import build_smoke_model
 
 MARKER = ".capsfus-demo"
 DEMO_ROWS = 200

@@ -40,7 +40,7 @@ def status_table(status: RunStatus, title: str, log_tails: dict[int, str] | None
     for column, justify in (("shard", "right"), ("rows", "right"), ("ok", "right"), ("state", "left"),
                             ("slurm", "left"), ("tries", "right"), ("requeues", "right"), ("rows/s", "right"),
                             ("eta", "right"), ("error", "left")):
-        table.add_column(column, justify=justify)
+        table.add_column(column, justify=justify, no_wrap=column != "error")
     for shard in status.shards:
         style = _STATE_STYLE.get(shard.state, "")
         slurm = f"{shard.job_id} {shard.slurm_state or ''}".strip() if shard.job_id else "-"
@@ -84,3 +84,27 @@ def stats_table(stats: dict, title: str) -> Table:
     table.add_row(f"duplicates ({safe(stats['dedup_key'])})", str(stats["duplicates"]))
     table.add_row("[bold]rows out[/]", f"[bold]{stats['rows_out']}[/]")
     return table
+
+
+def plan_document(plan, checks: list[str]) -> dict:
+    """A SLURM plan (launch.SlurmPlan) for --json."""
+    return {"arrays": [[list(group) for group in array] for array in plan.arrays], "scripts": plan.scripts(),
+            "test_only": checks, "estimate": {"rows": plan.rows, "samples_per_s": plan.samples_per_s,
+                                              "gpus_per_task": plan.gpus_per_task,
+                                              "gpu_hours": round(plan.gpu_hours, 2)}}
+
+
+def plan_text(plan, checks: list[str]) -> str:
+    """A SLURM plan as the scripts sbatch would get, each with its layout and --test-only answer."""
+    scripts = plan.scripts()
+    parts = []
+    for index, (array, script) in enumerate(zip(plan.arrays, scripts)):
+        shards = [shard for group in array for shard in group]
+        parts += [f"# array {index}: {len(array)} task(s), shards {shards[0]}..{shards[-1]}", script,
+                  f"# sbatch --test-only: {checks[index]}\n"]
+    if plan.reduce_spec is not None:
+        parts += ["# reduce job, after the arrays above", scripts[-1]]
+    parts.append(f"# {plan.rows} rows to fuse at a stated {plan.samples_per_s:g} samples/s per task "
+                 f"({max(plan.gpus_per_task, 1)} GPU each): about {plan.gpu_hours:.1f} GPU-hours. "
+                 "Nothing was submitted.")
+    return "\n".join(parts)

@@ -19,9 +19,13 @@ from . import ledger
 from .errors import CapsfusError
 from .paths import RunPaths
 from .reduce import reduce_task
+from .manifest import load_manifest
 from .settings import load_run
-from .slurm import ArraySpec, SlurmOptions, plan_arrays, render_sbatch, spec_for, submit_array
-from .status import DONE, PENDING, RUNNING, RunStatus, gather_status
+from .slurm import (
+    DEFAULT_MAX_ARRAY_SIZE, ArraySpec, SlurmOptions, max_array_size, plan_arrays, render_sbatch, sbatch_test_only,
+    slurm_reachable, spec_for, submit_array,
+)
+from .status import DONE, PENDING, RUNNING, RunStatus, derive_status, gather_status
 from .worker import run_shards
 
 
@@ -130,6 +134,23 @@ def plan_slurm(paths: RunPaths, status: RunStatus, options: SlurmOptions, shards
         reduce_spec = spec_for(paths.logs, replace(options, gpus=None), 1, dependency="afterany:<fuse job ids>")
     return SlurmPlan(tuple(tuple(tuple(g) for g in a) for a in arrays), specs, reduce_spec, rows,
                      samples_per_s, options.gpus or 0)
+
+
+def prepare_slurm(paths: RunPaths, manifest_path: Path, options: SlurmOptions, shards_per_task: int,
+                  samples_per_s: float, then_reduce: Path | None) -> tuple[SlurmPlan, bool]:
+    """The plan for what is left of a run (a run folder not created yet: all of it), and whether
+    SLURM answered; away from a cluster (a dry run on a laptop) SLURM's default MaxArraySize is assumed."""
+    manifest = load_manifest(manifest_path)
+    status = gather_status(paths, manifest) if paths.run_config.exists() else derive_status(manifest, {}, {})
+    reachable = slurm_reachable()
+    max_tasks = max_array_size() if reachable else DEFAULT_MAX_ARRAY_SIZE
+    return plan_slurm(paths, status, options, shards_per_task, max_tasks, samples_per_s, then_reduce), reachable
+
+
+def validate_plan(plan: SlurmPlan, reachable: bool) -> list[str]:
+    """sbatch --test-only's answer for each array's script."""
+    return [sbatch_test_only(script) if reachable else "SLURM not reachable: not validated"
+            for script in plan.scripts()[: len(plan.specs)]]
 
 
 def submit_plan(paths: RunPaths, plan: SlurmPlan, then_reduce: Path | None) -> list[ledger.Submission]:

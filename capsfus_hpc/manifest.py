@@ -17,16 +17,8 @@ import pyarrow as pa
 from .atomic import atomic_write_json, sha256_file
 from .columns import INPUT_ERROR, ColumnMapping
 from .errors import CapsfusError
-from .inputs import (
-    PARQUET,
-    Fingerprint,
-    check_readable,
-    detect_format,
-    parquet_fingerprint,
-    read_footer,
-    stage_to_parquet,
-    stat_fingerprint,
-)
+from .fingerprint import Fingerprint, parquet_fingerprint, read_footer, stat_fingerprint
+from .inputs import PARQUET, check_readable, detect_format, stage_to_parquet
 
 MANIFEST_VERSION = 1
 DEFAULT_ROWS_PER_SHARD = 50_000

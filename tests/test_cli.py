@@ -77,17 +77,26 @@ def test_a_failed_task_is_reported_with_its_shard_and_file(tmp_path, real_record
     assert status["shards"][0]["state"] == "failed" and f"input {source} changed" in status["shards"][0]["error"]
 
 
-def test_submit_without_local_says_slurm_is_not_built_yet(tmp_path):
-    result = capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run", "--model", "x", check=False)
-    assert_one_line_error(result, "--local")
+def test_submit_names_a_missing_manifest(tmp_path):
+    result = capsfus("submit", tmp_path / "nothere.json", "-o", tmp_path / "run", "--model", "x", "--dry-run",
+                     check=False)
+    assert_one_line_error(result, "nothere.json: no such manifest")
+
+
+def test_dry_run_and_then_reduce_are_refused_with_local(tmp_path, real_records):
+    source = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:10]))
+    capsfus("manifest", "build", source, "-o", tmp_path / "m.json")
+    result = capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run", "--model", "x", "--local", "--dry-run",
+                     check=False)
+    assert_one_line_error(result, "--dry-run and --then-reduce are for SLURM submissions")
 
 
 def test_status_of_a_folder_that_is_not_a_run(tmp_path):
     assert_one_line_error(capsfus("status", tmp_path, check=False), "not a run folder")
 
 
-@pytest.mark.parametrize("command", [[], ["manifest", "build"], ["submit"], ["work"], ["status"], ["reduce"],
-                                     ["smoke-model"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["manifest", "build"], ["submit"], ["resume"], ["work"], ["status"],
+                                     ["reduce"], ["smoke-model"], ["demo"]])
 def test_every_command_has_help_with_an_example(command):
     result = capsfus(*command, "--help")
     assert "Example" in result.stdout

@@ -1,5 +1,5 @@
 from capsfus_hpc.columns import ColumnMapping
-from capsfus_hpc.inputs import Fingerprint
+from capsfus_hpc.fingerprint import Fingerprint
 from capsfus_hpc.manifest import InputFile, Manifest, Shard
 from capsfus_hpc.progress import Attempt, ChunkRecord, ProgressRecord
 from capsfus_hpc.scheduler import GONE, TaskState

@@ -1,0 +1,42 @@
+"""Command-line options shared by several commands, declared once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+RunDir = Annotated[Path, typer.Argument(help="Run folder (holds run.json, shards/ and logs/).")]
+OutputDir = Annotated[Path, typer.Option("--output", "-o", help="Run folder to create or continue.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
+
+# Options of the run commands (submit, resume), declared once.
+NumBeams = Annotated[Optional[int], typer.Option("--num-beams", help="Beams (default: 3, as the reference).")]
+Greedy = Annotated[bool, typer.Option("--greedy", help="Greedy decoding (same as --num-beams 1).")]
+MaxNewTokens = Annotated[Optional[int], typer.Option(help="(default: 80)")]
+BatchSize = Annotated[Optional[int], typer.Option(help="Prompts per generate call (default: 16, or the profile's).")]
+ChunkRows = Annotated[Optional[int], typer.Option(help="Rows per committed part (default: 2048).")]
+WindowRows = Annotated[Optional[int], typer.Option(help="Rows sorted and batched together; an early stop commits whole windows (default: 256).")]
+Dtype = Annotated[Optional[str], typer.Option(help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")]
+MaxCaptionChars = Annotated[Optional[int], typer.Option(help="Longer input captions are rejected (default: 4000).")]
+TrustRemoteCode = Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Run the model repo's own code (off unless asked).")]
+Local = Annotated[bool, typer.Option("--local", help="Run the tasks on this machine (submitit LocalExecutor).")]
+Workers = Annotated[int, typer.Option(help="With --local: tasks at once.")]
+ShardsPerTask = Annotated[int, typer.Option(help="Shards one task runs in turn.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the sbatch script(s) and the estimate; submit nothing, write nothing.")]
+Profile = Annotated[Optional[str], typer.Option(help="Cluster profile from slurm/profiles (A100-40G, A100-80G, A800-80G, H100-80G) or a .toml path.")]
+Partition = Annotated[Optional[str], typer.Option(help="SLURM partition.")]
+Account = Annotated[Optional[str], typer.Option(help="SLURM account.")]
+Qos = Annotated[Optional[str], typer.Option(help="SLURM QOS.")]
+Time = Annotated[Optional[str], typer.Option("--time", help="Time limit per task, e.g. 04:00:00 (default: 04:00:00, or the profile's).")]
+Gpus = Annotated[Optional[int], typer.Option(help="GPUs per task.")]
+Cpus = Annotated[Optional[int], typer.Option(help="CPUs per task.")]
+Mem = Annotated[Optional[str], typer.Option(help="Memory per task, e.g. 96G.")]
+Constraint = Annotated[Optional[str], typer.Option(help="SLURM node constraint.")]
+SbatchArg = Annotated[Optional[list[str]], typer.Option("--sbatch-arg", help="Extra sbatch argument, e.g. --sbatch-arg=--exclude=node7; repeatable.")]
+ArrayParallelism = Annotated[Optional[int], typer.Option(help="Tasks of one array running at once (%N).")]
+SignalDelay = Annotated[int, typer.Option(help="Seconds of warning (USR2) before the time limit.")]
+MaxRequeues = Annotated[int, typer.Option(help="Time-limit requeues of a task before it is reported failed.")]
+SamplesPerS = Annotated[float, typer.Option(help="Stated samples/s of one task, for the GPU-hour estimate.")]
+ThenReduce = Annotated[Optional[Path], typer.Option("--then-reduce", help="Also submit a reduce job into this folder, after the arrays (afterany).")]
