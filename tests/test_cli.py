@@ -64,6 +64,9 @@ def test_submit_status_reduce_through_the_cli(tmp_path, real_records, smoke_mode
     assert json.loads(again.stdout)["shards_run"] == []
     refused = capsfus("submit", manifest, "-o", run, "--model", smoke_model, "--local", "--num-beams", 3, check=False)
     assert refused.returncode == 1 and "num_beams: run has 1, this command asks for 3" in refused.stderr
+    refused = capsfus("resume", run, "--local", "--max-new-tokens", 20, check=False)
+    assert refused.returncode == 1 and "max_new_tokens: run has 8, this command asks for 20" in refused.stderr
+    assert json.loads(capsfus("resume", run, "--local", "--json").stdout)["shards_run"] == []
 
 
 def test_a_failed_task_is_reported_with_its_shard_and_file(tmp_path, real_records, smoke_model):

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 
@@ -156,3 +157,22 @@ def test_a_cancelled_shard_shows_cancelled_and_resume_resubmits_exactly_it(tmp_p
     data = pq.read_table(tmp_path / "final" / DATA_FILE)
     assert data.column("row_id").to_pylist() == list(range(90))
     assert data.equals(_clean_local_run(tmp_path, manifest, options))
+
+
+def test_status_without_accounting_still_works_and_says_so(tmp_path, real_records, smoke_model):
+    manifest = manifest_of(tmp_path, with_urls(real_records[:20]), 10)
+    run = tmp_path / "run"
+    capsfus("submit", manifest, "-o", run, "--model", smoke_model, "--greedy", "--max-new-tokens", 8, *CHEAP)
+    wait_until(all_done(run), 180, "both shards")
+    subprocess.run(["pkill", "-x", "slurmdbd"], check=True)
+    try:
+        wait_until(lambda: subprocess.run(["pgrep", "-x", "slurmdbd"], capture_output=True).returncode != 0, 60,
+                   "slurmdbd to exit")
+        status = status_of(run)
+        assert "no accounting" in status["note"]
+        assert status["counts"]["done"] == 2 and {s["slurm_state"] for s in status["shards"]} == {None}
+        assert "no accounting" in capsfus("status", run).stderr
+    finally:
+        restarted = subprocess.run(["slurm/dev-cluster/up"], capture_output=True, text=True,
+                                   cwd=Path(__file__).resolve().parents[2])
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
