@@ -2,14 +2,14 @@
 
 `judge` applies the rules in RULE_ORDER and names the first that fails. Facts come before
 judgements, so a caption is blamed for the plainest thing wrong with it: what the engine
-reported (truncated), its size, its characters, equality with an input, then the content
-heuristics (repetition, prompt echo). The size check comes early so that no later rule
-does work proportional to a runaway caption.
+reported, its size, its characters, equality with an input, its length in words, then the
+content heuristics. The size check comes early so no later rule works on a runaway caption.
 """
 
 from __future__ import annotations
 
 import re
+import string
 import unicodedata
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -21,47 +21,57 @@ RULE_ORDER = ("empty", "truncated", "too_long", "garbage", "copy_through", "too_
 # engine.LENGTH; not imported, since engine pulls in torch and the reducer does not need it.
 LENGTH_FINISH = "length"
 
-# Fragments of the CapsFusion instruction (capsfusion_prompt.txt) and its markers; each clause
-# of the instruction holds at least one. Matched case-insensitively, on whole words.
+# Word sequences of the CapsFusion instruction (capsfusion_prompt.txt) that tell the model what to
+# do, and the model's own words for it ("a refined and merged sentence"); matched as whole words,
+# ignoring case and punctuation. Each sentence of the instruction holds one.
 DEFAULT_ECHO_PHRASES = (
-    "sentence 1", "sentence 2", "new sentence:", "into a new sentence",
-    "merge and refine", "two given sentences", "refined and merged", "merged sentence",
-    "well-structured sentence", "nice sentence structure", "flaws in sentence structure",
-    "sentence structure and grammar", "in-depth real-world details", "may contain false information",
-    "concatenating the sentences",
+    "sentence 1", "sentence 2", "into a new sentence", "merge and refine", "two given sentences",
+    "refined and merged", "merged sentence", "well-structured sentence", "concatenating the sentences",
 )
-# The model leaks "provides detailed real-world knowledge" into about 3% of the official
-# CapsFusion captions, which are otherwise sound; rejecting them is a choice, not the default.
-STRICT_ECHO_PHRASES = DEFAULT_ECHO_PHRASES + ("real-world knowledge", "real-world information")
+# The instruction's descriptions of the two inputs. The model leaks them into about 3.4% of the
+# official captions ("provides detailed real-world knowledge"), mostly otherwise sound ones; rejecting
+# them is a choice for a --rules file, not the default.
+STRICT_ECHO_PHRASES = DEFAULT_ECHO_PHRASES + (
+    "nice sentence structure", "flaws in sentence structure", "sentence structure and grammar",
+    "in-depth real-world details", "may contain false information", "real-world knowledge", "real-world information",
+)
+# The template's own labels, which need their colon to tell them from prose ("the new sentence").
+_LABEL = re.compile(r"(?<!\w)new\s+sentence\s*:|^\W*sentence\s*:", re.IGNORECASE)
 
 # Control characters (line feed aside: a second line is a prompt echo), U+FFFD, lone surrogates
 # and private-use code points. Other non-printables stay: NBSP is common web text, and the
 # zero-width joiner is part of many emoji.
 _GARBAGE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\ufffd\ud800-\udfff\ue000-\uf8ff\U000f0000-\U0010ffff]")
 _PUNCTUATION = re.compile(r"[^\w\s]+")
+# The same normalisation for ASCII text through one byte table: most captions, several times faster.
+_ASCII_FOLD = bytes(ord(" ") if _PUNCTUATION.match(chr(b)) else ord(chr(b).lower()) for b in range(128)) + bytes(128)
+_ASCII_LOWER = bytes(range(128)).lower() + bytes(128)
+_ASCII_NOT_WORD = bytes(b for b in range(128) if chr(b) not in string.ascii_letters + string.digits + "_")
 
 
 @dataclass(frozen=True)
 class CaptionRules:
-    min_chars: int = 10  # official captions: shortest sound one 16 chars; "look." is a fragment
-    min_words: int = 3  # whitespace-separated; only 4 of 5,000 official captions have fewer
-    max_chars: int = 1000  # official maximum 441 (80 new tokens); a 2.3x margin
-    max_words: int = 150  # official maximum 65
+    min_chars: int = 10  # of the normalised caption; the shortest sound official caption has 15
+    min_words: int = 3  # only 4 of 5,000 official captions have fewer ("look.", "Burbank, California.")
+    max_chars: int = 1000  # the official maximum is 441 (with 80 new tokens)
+    max_words: int = 150  # the official maximum is 65
     max_repeats: int = 3  # times a phrase may follow itself ("ho ho ho"); one more is a loop
     max_repeated_phrase_words: int = 8  # the longest looping phrase looked for
-    min_distinct_ratio: float = 0.3  # distinct words / words; official minimum 0.54
-    distinct_ratio_min_words: int = 40  # the ratio means little on short captions
+    min_distinct_ratio: float = 0.3  # distinct words / words; the official minimum is 0.54
+    distinct_ratio_min_words: int = 40  # the ratio says little about short captions
     echo_phrases: tuple[str, ...] = DEFAULT_ECHO_PHRASES
     _loop: re.Pattern = field(init=False, repr=False, compare=False)
-    _echo: re.Pattern = field(init=False, repr=False, compare=False)
+    _echo: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+    _echo_keys: frozenset = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Compiled once per rule set, not per caption; object.__setattr__ because the class is frozen.
-        loop = rf"\b((?:\w+ ){{0,{self.max_repeated_phrase_words - 1}}}\w+)(?: \1\b){{{self.max_repeats},}}"
+        # Derived once per rule set, not per caption; object.__setattr__ because the class is frozen.
+        loop = rf"\b((?:\w+ ){{0,{self.max_repeated_phrase_words - 1}}}?\w+)(?: \1\b){{{self.max_repeats},}}"
         object.__setattr__(self, "_loop", re.compile(loop))
-        words = (r"[\s-]+".join(re.escape(w) for w in re.split(r"[\s-]+", p.strip())) for p in self.echo_phrases)
-        echo = "|".join(rf"(?<!\w){w}(?!\w)" for w in words) or r"(?!)"
-        object.__setattr__(self, "_echo", re.compile(echo, re.IGNORECASE))
+        echo = tuple((f" {normalized(p)} ", p) for p in self.echo_phrases if normalized(p))
+        object.__setattr__(self, "_echo", echo)
+        # A caption can hold a phrase only if it holds the phrase's longest word: one set test skips the rest.
+        object.__setattr__(self, "_echo_keys", frozenset(max(words.split(), key=len) for words, _ in echo))
 
     @classmethod
     def from_dict(cls, data: dict) -> "CaptionRules":
@@ -70,29 +80,52 @@ class CaptionRules:
         for key, value in data.items():
             if key not in known:
                 raise CapsfusError(f"unknown caption rule '{key}' (known: {', '.join(known)})")
-            expected = known[key].type
             if key == "echo_phrases":
-                if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) and p.strip() for p in value):
-                    raise CapsfusError("caption rule 'echo_phrases' must be a list of non-empty strings")
-            elif isinstance(value, bool) or not isinstance(value, int if expected == "int" else (int, float)):
-                raise CapsfusError(f"caption rule '{key}' must be a number of type {expected}, not {value!r}")
-        rules = dict(data)
-        if "echo_phrases" in rules:
-            rules["echo_phrases"] = tuple(rules["echo_phrases"])
-        result = cls(**rules)
-        if result.min_chars > result.max_chars or result.min_words > result.max_words:
+                if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) and normalized(p) for p in value):
+                    raise CapsfusError("caption rule 'echo_phrases' must be a list of phrases with words in them")
+            elif isinstance(value, bool) or not isinstance(value, int if known[key].type == "int" else (int, float)):
+                raise CapsfusError(f"caption rule '{key}' must be a number ({known[key].type}), not {value!r}")
+        rules = cls(**{**data, **({"echo_phrases": tuple(data["echo_phrases"])} if "echo_phrases" in data else {})})
+        if rules.min_chars > rules.max_chars or rules.min_words > rules.max_words:
             raise CapsfusError("caption rules: a minimum length is over its maximum")
-        if result.max_repeats < 1 or result.max_repeated_phrase_words < 1:
+        if rules.max_repeats < 1 or rules.max_repeated_phrase_words < 1:
             raise CapsfusError("caption rules: max_repeats and max_repeated_phrase_words must be at least 1")
-        return result
+        return rules
+
+
+def caption_words(text: str) -> list[str]:
+    """The words rules count and compare: NFKC, case-folded, split on spaces and punctuation."""
+    if text.isascii():
+        return text.encode().translate(_ASCII_FOLD).decode().split()
+    return _PUNCTUATION.sub(" ", unicodedata.normalize("NFKC", text).casefold()).split()
+
+
+def normalized(text: str) -> str:
+    return " ".join(caption_words(text))
 
 
 DEFAULT_RULES = CaptionRules()
 
 
-def normalized(text: str) -> str:
-    """The caption as compared for copy-through: NFKC, case-folded, punctuation and extra space gone."""
-    return " ".join(_PUNCTUATION.sub(" ", unicodedata.normalize("NFKC", text).casefold()).split())
+def _same_words(folded: str, source: Any) -> bool:
+    if not isinstance(source, str):
+        return False
+    if source.isascii() and folded.isascii():
+        # Normalising never lengthens ASCII, and equal word sequences have equal letters and digits:
+        # two cheap tests that settle most rows.
+        if len(source) < len(folded) or \
+                source.encode().translate(_ASCII_LOWER, _ASCII_NOT_WORD) != folded.replace(" ", "").encode():
+            return False
+    return normalized(source) == folded
+
+
+def _may_loop(words: list[str], distinct: int, max_repeats: int) -> bool:
+    """False when no phrase can follow itself max_repeats times: cheap tests that spare most
+    captions the loop search. R more copies of a p-word phrase repeat R*p words, and at least
+    one word trigram once R*p >= 3."""
+    if len(words) - distinct < max_repeats:
+        return False
+    return max_repeats < 3 or len(set(zip(words, words[1:], words[2:]))) < len(words) - 2
 
 
 def judge(fused_caption: Any, raw_caption: Any, synthetic_caption: Any, finish_reason: Any,
@@ -109,32 +142,34 @@ def judge(fused_caption: Any, raw_caption: Any, synthetic_caption: Any, finish_r
         return "truncated", "the model stopped at max_new_tokens, mid-caption"
     if len(text) > rules.max_chars:
         return "too_long", f"{len(text)} characters, over the limit of {rules.max_chars}"
-    words = text.split()
-    if len(words) > rules.max_words:
-        return "too_long", f"{len(words)} words, over the limit of {rules.max_words}"
-    bad = _GARBAGE.search(text)
-    if bad:
+    # Words a reader counts are whitespace-separated ("T-ROC alloy" is two); a caption needs more
+    # than twice max_words characters to hold more than max_words of them.
+    if len(text) > 2 * rules.max_words and len(text.split(None, rules.max_words)) > rules.max_words:
+        return "too_long", f"{len(text.split())} words, over the limit of {rules.max_words}"
+    words = caption_words(text)
+    folded = " ".join(words)
+    if (not text.isprintable() or "\ufffd" in text) and (bad := _GARBAGE.search(text)):
         return "garbage", f"character U+{ord(bad.group()):04X} at position {bad.start()}"
-    folded = normalized(text)
     for role, source in (("raw", raw_caption), ("synthetic", synthetic_caption)):
-        # NFKC and case-folding can lengthen other scripts, never ASCII: a shorter ASCII input cannot match.
-        if isinstance(source, str) and not (source.isascii() and len(source) < len(folded)) \
-                and normalized(source) == folded:
-            return "copy_through", f"the same as the {role} caption once case, punctuation and spacing are ignored"
-    if len(words) < rules.min_words or len(text.strip()) < rules.min_chars:
-        return "too_short", (f"{len(words)} words and {len(text.strip())} characters, under the minimum of "
+        if folded and _same_words(folded, source):
+            return "copy_through", f"the {role} caption, give or take case, punctuation and spacing"
+    if len(text.split(None, rules.min_words)) < rules.min_words or len(folded) < rules.min_chars:
+        return "too_short", (f"{len(text.split())} words, {len(folded)} characters of words; the minimum is "
                              f"{rules.min_words} words and {rules.min_chars} characters")
-    loop = rules._loop.search(folded)
-    if loop:
-        return "repetition", f"'{loop.group(1)[:60]}' repeated over {rules.max_repeats} times in a row"
-    folded_words = folded.split()
-    if len(folded_words) >= rules.distinct_ratio_min_words:
-        ratio = len(set(folded_words)) / len(folded_words)
-        if ratio < rules.min_distinct_ratio:
-            return "repetition", f"only {ratio:.0%} of its {len(folded_words)} words are distinct"
+    vocabulary = set(words)
+    distinct = len(vocabulary)
+    if _may_loop(words, distinct, rules.max_repeats) and (loop := rules._loop.search(folded)):
+        return "repetition", f"'{loop.group(1)[:60]}' over {rules.max_repeats + 1} times in a row"
+    if len(words) >= rules.distinct_ratio_min_words and distinct < rules.min_distinct_ratio * len(words):
+        return "repetition", f"only {distinct} distinct words of {len(words)}"
     if "\n" in text:
         return "prompt_echo", "several lines: the model went on past the caption"
-    echo = rules._echo.search(text)
-    if echo:
-        return "prompt_echo", f"'{echo.group()}' comes from the instruction prompt"
+    if "sentence" in folded and (label := _LABEL.search(text)):
+        return "prompt_echo", f"'{label.group()}' is a label of the instruction prompt"
+    if rules._echo_keys.isdisjoint(vocabulary):
+        return None
+    padded = f" {folded} "
+    for words_of_phrase, phrase in rules._echo:
+        if words_of_phrase in padded:
+            return "prompt_echo", f"'{phrase}' comes from the instruction prompt"
     return None

@@ -23,7 +23,8 @@ from .manifest import DEFAULT_ROWS_PER_SHARD, build_manifest
 from . import options as opt
 from .paths import RunPaths
 from .profiles import load_profile
-from .reduce import reduce_run
+from .caption_rules import CaptionRules
+from .reduce import ReduceOptions, load_rules, reduce_run
 from .settings import load_run, load_settings, open_or_create, requested_settings
 from .slurm import SlurmOptions
 from .status import FAILED, gather_status
@@ -286,17 +287,26 @@ def status(
 def reduce(
     run_dir: opt.RunDir,
     final: Annotated[Path, typer.Option("--final", help="Folder for the final dataset.")],
+    allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Assemble an incomplete run; stats.json lists the missing rows.")] = False,
+    dedup_caption: Annotated[bool, typer.Option("--dedup-caption", help="Also drop rows whose normalised fused caption was seen before.")] = False,
+    write_duplicates: Annotated[bool, typer.Option("--write-duplicates", help="Write duplicates.parquet: each dropped row and the row it duplicates.")] = False,
+    target_file_mb: Annotated[int, typer.Option(help="Start a new data file past this size.")] = 512,
+    rules: Annotated[Optional[Path], typer.Option(help="JSON file of caption rule thresholds (see capsfus_hpc/caption_rules.py).")] = None,
     as_json: opt.JsonFlag = False,
 ):
-    """Reconcile every row, reject invalid ones, deduplicate keys and write the final dataset.
+    """Reconcile every row, judge the captions, deduplicate keys and write the final dataset.
 
-    Example: capsfus-hpc reduce runs/laion --final datasets/laion-capsfusion
+    Example: capsfus-hpc reduce runs/laion --final datasets/laion-capsfusion --write-duplicates
     """
     paths = RunPaths(run_dir)
     _, manifest = load_run(paths)
+    options = ReduceOptions(allow_partial=allow_partial, dedup_caption=dedup_caption,
+                            write_duplicates=write_duplicates, target_file_bytes=target_file_mb * 2**20,
+                            rules=load_rules(rules) if rules else CaptionRules())
     with row_progress(console, "reducing", manifest.total_rows) as advance:
         done = [0]
-        stats = reduce_run(paths, final, on_part=lambda rows: (done.__setitem__(0, done[0] + rows), advance(done[0])))
+        stats = reduce_run(paths, final, options,
+                           on_part=lambda rows: (done.__setitem__(0, done[0] + rows), advance(done[0])))
     if as_json:
         print_json(stats)
     else:

@@ -81,7 +81,10 @@ def stats_table(stats: dict, title: str) -> Table:
     table.add_row("fused ok", str(stats["ok"]))
     for reason, count in stats["rejected"].items():
         table.add_row(f"rejected: {safe(reason)}", str(count))
-    table.add_row(f"duplicates ({safe(stats['dedup_key'])})", str(stats["duplicates"]))
+    for kind, count in stats["duplicates_by_kind"].items():
+        table.add_row(f"dropped: {safe(kind)}", str(count))
+    if stats["missing_rows"]:
+        table.add_row("[yellow]missing (partial)[/]", str(stats["missing_rows"]))
     table.add_row("[bold]rows out[/]", f"[bold]{stats['rows_out']}[/]")
     return table
 

@@ -59,3 +59,27 @@ def make_run(tmp_path: Path, inputs: list[Path], model: Path, rows_per_shard: in
     paths = RunPaths(tmp_path / name)
     open_or_create(paths, requested_settings(manifest_path, str(model), None, **options), set(options))
     return paths
+
+
+class ReplayEngine:
+    """Answers with the official CapsFusion caption of each pair: real fused captions, as the
+    released model wrote them, for tests of what happens to captions after the model."""
+
+    def __init__(self, records: list[dict]):
+        self.official = {(r["laion_2b"], r["laion_coco"]): r["capsfuion_official"] for r in records}
+
+    def fuse(self, pairs, before_batch=None):
+        from capsfus_hpc.engine import EOS, Fusion
+
+        return [Fusion(self.official[pair], EOS, 100, 30) for pair in pairs]
+
+
+def run_with_official_captions(paths: RunPaths, records: list[dict]) -> None:
+    """Every shard of the run through the real worker and commit path, the model replaced by the release."""
+    from capsfus_hpc.settings import load_run
+    from capsfus_hpc.worker import run_shard
+
+    settings, manifest = load_run(paths)
+    engine = ReplayEngine(records)
+    for shard in reversed(manifest.shards):  # finishing order must not matter
+        run_shard(paths, settings, manifest, shard.id, lambda: engine)

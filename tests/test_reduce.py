@@ -4,10 +4,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from capsfus_hpc.errors import CapsfusError
-from capsfus_hpc.reduce import DATA_FILE, REJECTS_FILE, STATS_FILE, reduce_run
-from capsfus_hpc.worker import run_shards
+from capsfus_hpc.reduce import DATA_FILE, DUPLICATES_FILE, REJECTS_FILE, STATS_FILE, ReduceOptions, reduce_run
+from capsfus_hpc.settings import load_run
+from capsfus_hpc.worker import run_shard
 
-from .conftest import make_run, with_urls, write_parquet
+from .conftest import ReplayEngine, make_run, run_with_official_captions, with_urls, write_parquet
 
 
 @pytest.fixture
@@ -22,11 +23,12 @@ def finished_run(tmp_path, real_records, smoke_model):
     return paths
 
 
-def _run_all(paths):
-    run_shards(str(paths.root), [2, 0, 1])  # finishing order must not matter
+@pytest.fixture
+def _run_all(real_records):
+    return lambda paths: run_with_official_captions(paths, real_records)
 
 
-def test_every_row_lands_in_final_or_rejects_once(tmp_path, finished_run):
+def test_every_row_lands_in_final_or_rejects_once(tmp_path, finished_run, _run_all):
     _run_all(finished_run)
     stats = reduce_run(finished_run, tmp_path / "final")
     data = pq.read_table(tmp_path / "final" / DATA_FILE).to_pylist()
@@ -40,7 +42,7 @@ def test_every_row_lands_in_final_or_rejects_once(tmp_path, finished_run):
     assert "status" not in data[0] and data[0]["fused_caption"] is not None
 
 
-def test_the_first_row_in_manifest_order_wins_a_duplicate_key(tmp_path, finished_run):
+def test_the_first_row_in_manifest_order_wins_a_duplicate_key(tmp_path, finished_run, _run_all):
     _run_all(finished_run)
     reduce_run(finished_run, tmp_path / "final")
     rejects = pq.read_table(tmp_path / "final" / REJECTS_FILE).to_pylist()
@@ -52,7 +54,7 @@ def test_the_first_row_in_manifest_order_wins_a_duplicate_key(tmp_path, finished
                        33: ("raw_caption_null", "laion_2b is null")}
 
 
-def test_reduce_is_byte_identical_when_run_again(tmp_path, finished_run):
+def test_reduce_is_byte_identical_when_run_again(tmp_path, finished_run, _run_all):
     _run_all(finished_run)
     reduce_run(finished_run, tmp_path / "one")
     reduce_run(finished_run, tmp_path / "two")
@@ -61,18 +63,20 @@ def test_reduce_is_byte_identical_when_run_again(tmp_path, finished_run):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
 
-def test_an_incomplete_run_is_refused_with_the_missing_shards(tmp_path, finished_run):
-    run_shards(str(finished_run.root), [1])
+def test_an_incomplete_run_is_refused_with_the_missing_shards(tmp_path, finished_run, real_records):
+    settings, manifest = load_run(finished_run)
+    engine = ReplayEngine(real_records)
+    run_shard(finished_run, settings, manifest, 1, lambda: engine)
     with pytest.raises(CapsfusError) as refused:
         reduce_run(finished_run, tmp_path / "final")
     message = str(refused.value)
     assert "2 of 3 shards are not done" in message
     assert "shard 0: pending, 0/20 rows" in message and "shard 2: pending, 0/20 rows" in message
-    assert "shard 1" not in message
+    assert "shard 1" not in message and f"capsfus-hpc resume {finished_run.root}" in message
     assert not (tmp_path / "final" / STATS_FILE).exists()
 
 
-def test_a_damaged_part_is_named_by_shard_and_chunk(tmp_path, finished_run):
+def test_a_damaged_part_is_named_by_shard_and_chunk(tmp_path, finished_run, _run_all):
     _run_all(finished_run)
     part = finished_run.part(1, 2)
     data = bytearray(part.read_bytes())
@@ -85,9 +89,69 @@ def test_a_damaged_part_is_named_by_shard_and_chunk(tmp_path, finished_run):
         reduce_run(finished_run, tmp_path / "final")
 
 
-def test_a_foreign_final_folder_is_not_overwritten(tmp_path, finished_run):
+def test_a_foreign_final_folder_is_not_overwritten(tmp_path, finished_run, _run_all):
     _run_all(finished_run)
     (tmp_path / "final").mkdir()
     (tmp_path / "final" / "precious.txt").write_text("mine")
     with pytest.raises(CapsfusError, match="not empty"):
         reduce_run(finished_run, tmp_path / "final")
+
+
+def _records_run(tmp_path, smoke_model, records, rows, rows_per_shard=10):
+    source = write_parquet(tmp_path / "r.parquet", rows, row_group_rows=5)
+    return make_run(tmp_path, [source], smoke_model, rows_per_shard=rows_per_shard, chunk_rows=5, name="r")
+
+
+def test_keys_are_compared_as_normalised_urls_and_captions_optionally(tmp_path, real_records, smoke_model):
+    records = [dict(r) for r in real_records[:6]]
+    records[5]["laion_2b"] += " (again)"
+    records[5]["capsfuion_official"] = records[3]["capsfuion_official"]  # same caption, other image
+    rows = [{"image_url": u, "laion_2b": r["laion_2b"], "laion_coco": r["laion_coco"]} for u, r in zip(
+        ["https://Example.org/1.jpg", "HTTPS://EXAMPLE.ORG/1.jpg/", "https://example.org/1.jpg#top",
+         "https://example.org/2.jpg", "https://example.org/2.JPG", "https://example.org/3.jpg"], records)]
+    paths = _records_run(tmp_path, smoke_model, records, rows)
+    run_with_official_captions(paths, records)
+    stats = reduce_run(paths, tmp_path / "final", ReduceOptions(dedup_caption=True, write_duplicates=True))
+    assert stats["duplicates_by_kind"] == {"duplicate_caption": 1, "duplicate_key": 2}
+    duplicates = pq.read_table(tmp_path / "final" / DUPLICATES_FILE).to_pylist()
+    assert duplicates == [{"row_id": 1, "duplicate_of": 0, "reject_reason": "duplicate_key"},
+                          {"row_id": 2, "duplicate_of": 0, "reject_reason": "duplicate_key"},
+                          {"row_id": 5, "duplicate_of": 3, "reject_reason": "duplicate_caption"}]
+    assert [r["row_id"] for r in pq.read_table(tmp_path / "final" / DATA_FILE).to_pylist()] == [0, 3, 4]
+
+
+def test_caption_rules_reject_with_their_reason(tmp_path, real_records, smoke_model):
+    records = [dict(r) for r in real_records[:5]]
+    records[1]["capsfuion_official"] = records[1]["laion_coco"]  # the model copied its input
+    records[3]["capsfuion_official"] = "Sentence 1: " + records[3]["capsfuion_official"]
+    rows = with_urls(records)
+    paths = _records_run(tmp_path, smoke_model, records, rows)
+    run_with_official_captions(paths, records)
+    stats = reduce_run(paths, tmp_path / "final")
+    assert stats["rejected"] == {"caption_copy_through": 1, "caption_prompt_echo": 1}
+    rejects = {r["row_id"]: r["reject_reason"] for r in pq.read_table(tmp_path / "final" / REJECTS_FILE).to_pylist()}
+    assert rejects == {1: "caption_copy_through", 3: "caption_prompt_echo"}
+
+
+def test_data_files_roll_over_at_the_target_size_and_a_card_describes_them(tmp_path, finished_run, _run_all):
+    _run_all(finished_run)
+    final = tmp_path / "final"
+    stats = reduce_run(finished_run, final, ReduceOptions(target_file_bytes=1, row_group_rows=10))
+    assert len(stats["files"]["data"]) >= 3 and stats["files"]["data"][0] == DATA_FILE
+    tables = [pq.read_table(final / name) for name in stats["files"]["data"]]
+    assert sum(t.num_rows for t in tables) == stats["rows_out"]
+    assert all(pq.ParquetFile(final / name).metadata.row_group(0).num_rows <= 10 for name in stats["files"]["data"])
+    card = (final / "README.md").read_text()
+    assert card.startswith("---\nconfigs:") and "path: data-*.parquet" in card
+    assert f"| rows out | {stats['rows_out']} |" in card and "`fused_caption`" in card
+
+
+def test_allow_partial_assembles_what_is_there_and_lists_the_gaps(tmp_path, finished_run, real_records):
+    settings, manifest = load_run(finished_run)
+    engine = ReplayEngine(real_records)
+    run_shard(finished_run, settings, manifest, 0, lambda: engine)
+    stats = reduce_run(finished_run, tmp_path / "final", ReduceOptions(allow_partial=True))
+    assert stats["missing"] == [{"shard": 1, "row_id_start": 20, "row_id_stop": 40},
+                                {"shard": 2, "row_id_start": 40, "row_id_stop": 60}]
+    assert stats["missing_rows"] == 40
+    assert stats["rows_out"] + stats["rejected_total"] + stats["duplicates"] + stats["missing_rows"] == 60

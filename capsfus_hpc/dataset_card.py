@@ -1,0 +1,75 @@
+"""The dataset card (README.md) of a final dataset: what it holds and how it was made.
+
+The YAML header follows the Hugging Face datasets convention, so the folder loads with
+datasets.load_dataset(FOLDER) or load_dataset("parquet", data_files=FOLDER + "/data-*.parquet").
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+COLUMN_MEANINGS = {
+    "row_id": "the row's number in the manifest: input file order, then row order",
+    "fused_caption": "the caption written by the model from the two input captions",
+    "finish_reason": "eos (the model ended the caption) or length (cut at max_new_tokens)",
+    "prompt_tokens": "tokens of the prompt, after truncation to the token budget",
+    "completion_tokens": "tokens generated, the end-of-sequence token included",
+}
+
+
+def dataset_card(stats: dict, schema: pa.Schema, settings) -> str:
+    counts = [("rows in", stats["rows_in"]), ("fused by the model", stats["ok"]),
+              *[(f"rejected: {reason}", n) for reason, n in stats["rejected"].items()],
+              *[(f"dropped: {kind}", n) for kind, n in stats["duplicates_by_kind"].items()],
+              ("missing (partial reduce)", stats["missing_rows"]), ("rows out", stats["rows_out"])]
+    rules = "\n".join(f"| `{name}` | {', '.join(value) if isinstance(value, (list, tuple)) else value} |"
+                      for name, value in stats["rules"].items())
+    columns = "\n".join(f"| `{f.name}` | {f.type} | {COLUMN_MEANINGS.get(f.name, 'passed through from the input')} |"
+                        for f in schema)
+    return f"""---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data-*.parquet
+---
+# CapsFusion captions
+
+Captions fused by `{settings.model}` from raw web alt-texts (`{settings.columns['raw_caption']}`) and
+synthetic captions (`{settings.columns['synthetic_caption']}`), made with capsfus-hpc {stats['package_version']}.
+
+## Counts
+
+| | rows |
+| --- | ---: |
+""" + "\n".join(f"| {what} | {n} |" for what, n in counts) + f"""
+
+Rejected rows, with their reasons, are in `rejects.parquet`; nothing was dropped silently.
+
+## Filters
+
+Rows whose input could not be fused, and fused captions failing a rule, are rejected; then the
+first accepted row of each normalised `{stats['dedup_key']}` (scheme and host case, default port,
+fragment and trailing slash ignored) is kept{' and of each normalised fused caption' if stats['dedup_caption'] else ''}.
+
+| rule threshold | value |
+| --- | --- |
+{rules}
+
+## Provenance
+
+| | |
+| --- | --- |
+| model | `{settings.model}` |
+| model revision | `{settings.model_revision}` |
+| generation | num_beams={settings.num_beams}, max_new_tokens={settings.max_new_tokens}, no sampling |
+| prompt template sha256 | `{settings.prompt_template_sha256}` |
+| manifest sha256 | `{stats['manifest_sha256']}` |
+| run folder | `{stats['run']}` |
+
+## Columns
+
+| column | type | meaning |
+| --- | --- | --- |
+{columns}
+"""

@@ -1,0 +1,106 @@
+"""Reconciliation: which committed parts hold which manifest rows, checked against the
+progress records, and what is missing, named per shard with the command that fixes it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .atomic import sha256_bytes
+from .columns import ROW_ID
+from .errors import CapsfusError
+from .manifest import Manifest, Shard
+from .paths import RunPaths
+from .progress import ChunkRecord, ProgressRecord
+from .status import DONE, RunStatus
+
+MISSING = "is missing"
+DAMAGED = "does not match its checksum in the progress record (damaged on disk?)"
+
+
+@dataclass(frozen=True)
+class Part:
+    shard: Shard
+    chunk: ChunkRecord
+    path: Path
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Rows of a shard that no committed part holds."""
+
+    shard: int
+    row_id_start: int
+    row_id_stop: int
+
+    @property
+    def rows(self) -> int:
+        return self.row_id_stop - self.row_id_start
+
+
+def _part_error(part: Part, problem: str) -> CapsfusError:
+    return CapsfusError(f"shard {part.shard.id} chunk {part.chunk.index}: part {part.path} {problem}")
+
+
+def committed_parts(paths: RunPaths, manifest: Manifest, records: dict[int, ProgressRecord]) -> tuple[list[Part], list[Gap]]:
+    """Every committed part in manifest order, and the gaps; chunks must tile each shard from its start."""
+    parts, gaps = [], []
+    for shard in manifest.shards:
+        record = records.get(shard.id)
+        expected = shard.row_id_start
+        for chunk in record.chunks if record else ():
+            if chunk.row_id_start != expected:
+                raise CapsfusError(f"shard {shard.id} chunk {chunk.index}: starts at row {chunk.row_id_start}, "
+                                   f"expected {expected}")
+            expected = chunk.row_id_stop
+            parts.append(Part(shard, chunk, paths.part(shard.id, chunk.index)))
+        if expected > shard.row_id_stop:
+            raise CapsfusError(f"shard {shard.id}: committed rows end at {expected}, past the shard's end")
+        if expected < shard.row_id_stop:
+            gaps.append(Gap(shard.id, expected, shard.row_id_stop))
+    return parts, gaps
+
+
+def part_schema(part: Part) -> pa.Schema:
+    """The part's schema from its footer; the full checksum is verified when its rows are read."""
+    try:
+        if part.path.stat().st_size == part.chunk.bytes:
+            return pq.read_schema(part.path)
+    except FileNotFoundError as exc:
+        raise _part_error(part, MISSING) from exc
+    except (OSError, pa.ArrowException):
+        pass
+    raise _part_error(part, DAMAGED)
+
+
+def read_part(part: Part) -> pa.Table:
+    """The part's rows, after checking its checksum and that it holds exactly its chunk's rows."""
+    try:
+        data = part.path.read_bytes()
+    except FileNotFoundError as exc:
+        raise _part_error(part, MISSING) from exc
+    if len(data) != part.chunk.bytes or sha256_bytes(data) != part.chunk.sha256:
+        raise _part_error(part, DAMAGED)
+    table = pq.read_table(pa.BufferReader(data))
+    expected = pa.array(range(part.chunk.row_id_start, part.chunk.row_id_stop), pa.int64())
+    if table.num_rows != part.chunk.rows or not table.column(ROW_ID).combine_chunks().equals(expected):
+        raise _part_error(part, f"does not hold rows {part.chunk.row_id_start}..{part.chunk.row_id_stop - 1} "
+                                "exactly once")
+    return table
+
+
+def incomplete_message(paths: RunPaths, status: RunStatus) -> str:
+    lines = [f"  shard {s.shard}: {s.state}, {s.rows_done}/{s.rows_total} rows" + (f": {s.error}" if s.error else "")
+             for s in status.shards if s.state != DONE]
+    return (f"run {paths.root} is incomplete: {len(lines)} of {len(status.shards)} shards are not done\n"
+            + "\n".join(lines)
+            + f"\nfinish them with: capsfus-hpc resume {paths.root}   (or reduce with --allow-partial)")
+
+
+def iter_tables(parts: list[Part]) -> Iterator[tuple[Part, pa.Table]]:
+    for part in parts:
+        yield part, read_part(part)
