@@ -27,11 +27,7 @@ MISSING = "MISSING"
 @dataclass(frozen=True)
 class TaskState:
     job_id: str
-    state: str  # a SLURM state, or GONE
-
-    @property
-    def alive(self) -> bool:
-        return self.state in PENDING_STATES | RUNNING_STATES
+    state: str  # a SLURM state, GONE or MISSING
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,8 @@ def test_submit_status_reduce_through_the_cli(tmp_path, real_records, smoke_mode
     assert sorted(json.loads(submitted.stdout)["shards_run"]) == [0, 1]
     status = json.loads(capsfus("status", run, "--json").stdout)
     assert status["counts"]["done"] == 2 and status["rows_done"] == 40
+    watched = capsfus("status", run, "--watch", 1)  # a finished run: one refresh, then it returns
+    assert "40/40 rows" in watched.stderr
     stats = json.loads(capsfus("reduce", run, "--final", final, "--json").stdout)
     assert stats["rows_in"] == 40 and stats["rows_out"] + stats["rejected_total"] + stats["duplicates"] == 40
     # the smoke model writes gibberish: the caption rules reject much of it, with reasons

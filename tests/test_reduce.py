@@ -155,3 +155,15 @@ def test_allow_partial_assembles_what_is_there_and_lists_the_gaps(tmp_path, fini
                                 {"shard": 2, "row_id_start": 40, "row_id_stop": 60}]
     assert stats["missing_rows"] == 40
     assert stats["rows_out"] + stats["rejected_total"] + stats["duplicates"] + stats["missing_rows"] == 60
+
+
+def test_the_final_folder_loads_with_datasets_without_the_rejects(tmp_path, finished_run, _run_all, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import datasets
+
+    _run_all(finished_run)
+    final = tmp_path / "final"
+    stats = reduce_run(finished_run, final, ReduceOptions(target_file_bytes=1, row_group_rows=10))
+    loaded = datasets.load_dataset(str(final), split="train", cache_dir=str(tmp_path / "cache"))
+    assert loaded.num_rows == stats["rows_out"] and "reject_reason" not in loaded.column_names
+    assert loaded["row_id"] == sorted(loaded["row_id"])

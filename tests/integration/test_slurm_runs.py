@@ -144,8 +144,10 @@ def test_a_cancelled_shard_shows_cancelled_and_resume_resubmits_exactly_it(tmp_p
     subprocess.run(["scancel", entry.tasks[0][0]], check=True)
     wait_until(lambda: [s["state"] for s in status_of(run)["shards"]] == ["failed", "done", "done"], 300,
                "shard 0 cancelled, shards 1 and 2 done")
-    shard = status_of(run)["shards"][0]
+    status = status_of(run)
+    shard = status["shards"][0]
     assert shard["slurm_state"] == "CANCELLED" and shard["error"].startswith("CANCELLED")
+    assert "stopped by SIGTERM" in status["log_tails"]["0"], "a failed shard shows the end of its task's log"
     assert 0 < shard["rows_done"] < 30, "the cancelled task committed what it had"
     plan = json.loads(capsfus("resume", run, "--dry-run", "--json", *CHEAP).stdout)
     assert plan["arrays"] == [[[0]]]
