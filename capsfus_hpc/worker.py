@@ -200,29 +200,33 @@ def run_shard(paths: RunPaths, settings: RunSettings, manifest: Manifest, shard_
 
 
 def _stopped(paths: RunPaths, record: ProgressRecord, stop: StopRequest) -> ProgressRecord:
-    """Close the attempt of a shard stopped early; on a time-limit warning, requeue the task."""
+    """Close the attempt of a shard stopped early; past the requeue limit it is a failure."""
     error = None
     if stop.wants_requeue and restart_count() >= stop.max_requeues:
         error = (f"time limit reached with rows left after {restart_count()} requeues (the limit, "
                  f"--max-requeues {stop.max_requeues}); give tasks more --time or fewer rows")
     record = record.with_attempt_ended(time.time(), error, stopped_by=stop.signal_name)
-    # The attempt is recorded before the requeue, since SLURM kills the task right after it.
     write_progress(paths.progress(record.shard), record)
     log.warning("shard %d: stopped by %s at row %d of %d-%d", record.shard, stop.signal_name,
                 record.next_row_id, record.row_id_start, record.row_id_stop)
-    if stop.wants_requeue and error is None:
-        log.warning("requeueing this task (requeue %d of at most %d)", restart_count() + 1, stop.max_requeues)
-        requeue_own_task()
-    elif error:
-        raise CapsfusError(f"shard {record.shard}: {error}")
+    if error:
+        raise CapsfusError(error)
     return record
+
+
+def needs_requeue(stop: StopRequest, finished: dict[int, bool], shard_ids: list[int], restarts: int) -> bool:
+    """Whether a task stopped by a time-limit warning should run again: some of its shards are
+    unsettled (neither done nor failed, or never reached) and it is under the requeue limit."""
+    unfinished = [shard for shard in shard_ids if not finished.get(shard, False)]
+    return stop.wants_requeue and bool(unfinished) and restarts < stop.max_requeues
 
 
 def run_shards(run_dir: str, shard_ids: list[int]) -> dict[int, int]:
     """Task entry point: fuse the given shards of a run folder; returns committed rows per shard.
 
     A failing shard is recorded and the others still run; the task fails at the end if any did.
-    On a time-limit warning or a preemption the task commits what it has and stops.
+    On a time-limit warning or a preemption the task commits what it has and stops; on a
+    time-limit warning it then requeues itself.
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -232,21 +236,28 @@ def run_shards(run_dir: str, shard_ids: list[int]) -> dict[int, int]:
         log.warning("run.json was written by capsfus-hpc %s; this is %s", settings.package_version, __version__)
     engine = _LazyEngine(settings)
     stop = StopRequest.from_environment().install()
-    done: dict[int, int] = {}
+    records: dict[int, ProgressRecord] = {}
     failures: list[str] = []
+    settled: dict[int, bool] = {}  # shard -> nothing more a requeue could do for it
     try:
         for shard_id in shard_ids:
             if stop.requested:
                 break
             try:
-                done[shard_id] = run_shard(paths, settings, manifest, shard_id, engine, stop).rows_done
+                records[shard_id] = run_shard(paths, settings, manifest, shard_id, engine, stop)
+                settled[shard_id] = records[shard_id].done
             except Exception as exc:  # recorded in the shard's progress; the next shard still runs
+                settled[shard_id] = True
                 log.error("shard %d failed: %s", shard_id, exc)
                 if not isinstance(exc, CapsfusError):
                     log.error("%s", traceback.format_exc())
                 failures.append(f"shard {shard_id}: {exc}")
     finally:
         stop.restore()
+    # Every attempt is recorded before the requeue, since SLURM kills the task right after it.
+    if needs_requeue(stop, settled, shard_ids, restart_count()):
+        log.warning("requeueing this task (requeue %d of at most %d)", restart_count() + 1, stop.max_requeues)
+        requeue_own_task()
     if failures:
         raise CapsfusError("; ".join(failures))
-    return done
+    return {shard: record.rows_done for shard, record in records.items()}

@@ -6,7 +6,7 @@ import pytest
 from capsfus_hpc.engine import FusionEngine
 from capsfus_hpc.preemption import StopRequest, WindowAborted
 from capsfus_hpc.settings import load_run
-from capsfus_hpc.worker import fuse_chunk, windows
+from capsfus_hpc.worker import fuse_chunk, needs_requeue, windows
 
 from .conftest import make_run, with_urls, write_parquet
 
@@ -73,3 +73,15 @@ def test_a_stop_mid_chunk_commits_whole_windows_equal_to_an_uninterrupted_run(tm
     assert partial.equals(whole.slice(0, 32))
     rest = fuse_chunk(table.slice(32), 32, manifest.columns, 4000, lambda: engine, windows(32, 48, 0, 16))
     assert rest.equals(whole.slice(32))
+
+
+def test_a_time_limit_warning_requeues_while_any_shard_of_the_task_is_unfinished():
+    warned = StopRequest(max_requeues=3)
+    warned._handle(signal.SIGUSR2, None)
+    # the warning came as shard 1 finished: shard 2 was never started, so the task runs again
+    assert needs_requeue(warned, {1: True}, [1, 2], restarts=0)
+    assert not needs_requeue(warned, {1: True, 2: True}, [1, 2], restarts=0)
+    assert not needs_requeue(warned, {1: False}, [1], restarts=3)  # the limit: reported failed instead
+    preempted = StopRequest()
+    preempted._handle(signal.SIGTERM, None)
+    assert not needs_requeue(preempted, {1: False}, [1], restarts=0)  # SLURM requeues or cancels it itself
