@@ -94,6 +94,13 @@ def final_tables(final):
     return pq.read_table(final / DATA_FILE), pq.read_table(final / REJECTS_FILE)
 
 
+def assert_same_dataset_as_an_undisturbed_run(tmp_path, run, manifest, options, rows):
+    """The disturbed run reduces to every row once, and to the data and rejects of a clean run."""
+    capsfus("reduce", run, "--final", tmp_path / "final")
+    assert every_row_once(tmp_path / "final", rows)
+    assert final_tables(tmp_path / "final") == _clean_local_run(tmp_path, manifest, options)
+
+
 def _clean_local_run(tmp_path, manifest, options):
     """Data and rejects of the same run made undisturbed, on this machine."""
     clean = tmp_path / "clean"
@@ -117,9 +124,7 @@ def test_a_preempted_task_is_requeued_and_finishes_without_losing_or_repeating_r
     record = read_progress(paths.progress(0))
     assert record.attempts[0].stopped_by == "SIGTERM" and record.requeues >= 1
     assert status_of(run)["shards"][0]["requeues"] >= 1
-    capsfus("reduce", run, "--final", tmp_path / "final")
-    assert every_row_once(tmp_path / "final", 240)
-    assert final_tables(tmp_path / "final") == _clean_local_run(tmp_path, manifest, options)
+    assert_same_dataset_as_an_undisturbed_run(tmp_path, run, manifest, options, 240)
 
 
 def test_a_task_whose_time_limit_is_shorter_than_its_work_finishes_after_requeues(tmp_path, real_records,
@@ -138,9 +143,7 @@ def test_a_task_whose_time_limit_is_shorter_than_its_work_finishes_after_requeue
     record = read_progress(RunPaths(run).progress(0))
     assert record.requeues >= 1 and all(a.stopped_by == "SIGUSR2" for a in record.attempts[:-1])
     assert status_of(run)["shards"][0]["requeues"] == record.requeues
-    capsfus("reduce", run, "--final", tmp_path / "final")
-    assert every_row_once(tmp_path / "final", 96)
-    assert final_tables(tmp_path / "final") == _clean_local_run(tmp_path, manifest, options)
+    assert_same_dataset_as_an_undisturbed_run(tmp_path, run, manifest, options, 96)
 
 
 def test_a_cancelled_shard_shows_cancelled_and_resume_resubmits_exactly_it(tmp_path, real_records, smoke_model):
@@ -165,9 +168,7 @@ def test_a_cancelled_shard_shows_cancelled_and_resume_resubmits_exactly_it(tmp_p
     latest = ledger.read(paths.ledger)[-1]
     assert [shards for _, shards in latest.tasks] == [(0,)]
     wait_until(all_done(run), 240, "the resubmitted shard")
-    capsfus("reduce", run, "--final", tmp_path / "final")
-    assert every_row_once(tmp_path / "final", 90)
-    assert final_tables(tmp_path / "final") == _clean_local_run(tmp_path, manifest, options)
+    assert_same_dataset_as_an_undisturbed_run(tmp_path, run, manifest, options, 90)
 
 
 def test_status_without_accounting_still_works_and_says_so(tmp_path, real_records, smoke_model):
