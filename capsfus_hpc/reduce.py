@@ -161,10 +161,11 @@ def reduce_run(paths: RunPaths, final: Path, options: ReduceOptions = ReduceOpti
                on_part: Callable[[int], None] | None = None) -> dict:
     """Check the run, then write the final dataset; returns the stats."""
     settings, manifest = load_run(paths)
-    status = gather_status(paths, manifest)
+    records = read_records(paths, manifest)
+    status = gather_status(paths, manifest, records=records)
     if not status.complete and not options.allow_partial:
         raise CapsfusError(incomplete_message(paths, status))
-    parts, gaps = committed_parts(paths, manifest, read_records(paths, manifest))
+    parts, gaps = committed_parts(paths, manifest, records)
     schema = pa.unify_schemas([part_schema(part) for part in parts], promote_options="permissive") if parts else None
     if schema is None:
         raise CapsfusError(f"run {paths.root} has no committed rows to reduce")

@@ -1,4 +1,4 @@
-"""Run state: one pure derivation used by status, submit, reduce (and later resume).
+"""Run state: one pure derivation used by status, submit, resume and reduce.
 
 `derive_status` turns plain data (manifest, progress records, what the scheduler says of
 each shard's task) into a RunStatus; `gather_status` is the I/O edge that collects that data.
@@ -144,9 +144,11 @@ def _alive(pid: int) -> bool:
         return os.path.exists(f"/proc/{pid}")
 
 
-def gather_status(paths: RunPaths, manifest: Manifest, slurm: bool | None = None) -> RunStatus:
-    """Status of a run from its folder, joined with SLURM when the run has submitted jobs."""
-    records = read_records(paths, manifest)
+def gather_status(paths: RunPaths, manifest: Manifest, slurm: bool | None = None,
+                  records: dict[int, ProgressRecord] | None = None) -> RunStatus:
+    """Status of a run from its folder (or the records already read from it), joined with SLURM
+    when the run has submitted jobs."""
+    records = read_records(paths, manifest) if records is None else records
     tasks = local_tasks(records)
     entries = ledger.read(paths.ledger)
     view = scheduler.query(entries) if entries and slurm is not False else scheduler.SchedulerView()
