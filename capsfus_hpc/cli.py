@@ -292,6 +292,7 @@ def reduce(
     write_duplicates: Annotated[bool, typer.Option("--write-duplicates", help="Write duplicates.parquet: each dropped row and the row it duplicates.")] = False,
     target_file_mb: Annotated[int, typer.Option(help="Start a new data file past this size.")] = 512,
     rules: Annotated[Optional[Path], typer.Option(help="JSON file of caption rule thresholds (see capsfus_hpc/caption_rules.py).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Processes to use (default: the CPUs this process may use).")] = None,
     as_json: opt.JsonFlag = False,
 ):
     """Reconcile every row, judge the captions, deduplicate keys and write the final dataset.
@@ -303,10 +304,8 @@ def reduce(
     options = ReduceOptions(allow_partial=allow_partial, dedup_caption=dedup_caption,
                             write_duplicates=write_duplicates, target_file_bytes=target_file_mb * 2**20,
                             rules=load_rules(rules) if rules else CaptionRules())
-    with row_progress(console, "reducing", manifest.total_rows) as advance:
-        done = [0]
-        stats = reduce_run(paths, final, options,
-                           on_part=lambda rows: (done.__setitem__(0, done[0] + rows), advance(done[0])))
+    with row_progress(console, "reducing (judge, dedup, write)", 2 * manifest.total_rows) as advance:
+        stats = reduce_run(paths, final, options, on_rows=advance, workers=workers)
     if as_json:
         print_json(stats)
     else:

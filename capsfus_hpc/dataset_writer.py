@@ -1,7 +1,9 @@
-"""The final data files: zstd parquet, rolled over at a target size, with large row groups."""
+"""The final data files: zstd parquet, rolled over at a target size, with large row groups.
+(rejects.parquet is written the same way, as one file with no target size.)"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -11,17 +13,13 @@ import pyarrow.parquet as pq
 from .atomic import atomic_path
 
 
-def data_file_name(index: int) -> str:
-    return f"data-{index:05d}.parquet"
-
-
 class DataWriter:
     """Buffers accepted rows into row groups of `row_group_rows` and starts a new file once the
     current one has passed `target_bytes`. Each file appears under its final name only when
     complete (atomic_path); `files` lists them in order."""
 
-    def __init__(self, folder: Path, schema: pa.Schema, target_bytes: int, row_group_rows: int):
-        self.folder, self.schema = folder, schema
+    def __init__(self, file_for: Callable[[int], Path], schema: pa.Schema, target_bytes: float, row_group_rows: int):
+        self.file_for, self.schema = file_for, schema
         self.target_bytes, self.row_group_rows = target_bytes, row_group_rows
         self.files: list[str] = []
         self._pending: list[pa.Table] = []
@@ -51,11 +49,11 @@ class DataWriter:
             self._close_file()
 
     def _open(self) -> None:
-        name = data_file_name(len(self.files))
+        path = self.file_for(len(self.files))
         self._file = ExitStack()
-        self._tmp = self._file.enter_context(atomic_path(self.folder / name))
+        self._tmp = self._file.enter_context(atomic_path(path))
         self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
-        self.files.append(name)
+        self.files.append(path.name)
 
     def _close_file(self) -> None:
         self._writer.close()

@@ -50,3 +50,67 @@ class RunPaths:
     @property
     def ledger(self) -> Path:
         return self.root / "jobs.jsonl"
+
+
+@dataclass(frozen=True)
+class ReducePaths:
+    """Layout of a final dataset folder and of the reducer's scratch space inside it.
+
+    FINAL/data-00000.parquet                   accepted rows (dataset_writer.py)
+    FINAL/rejects.parquet, duplicates.parquet  rejected rows; dropped duplicates and their winners
+    FINAL/README.md, FINAL/stats.json          dataset card; counts, written last
+    FINAL/.reduce/plan.json                    what each reduce task does (reduce_plan.py)
+    FINAL/.reduce/map-00003/...                one judge task's rejects, spilled keys and counts
+    FINAL/.reduce/dedup/key-00007.arrow        duplicates found in key partition 7
+    """
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).absolute())
+
+    def data_file(self, index: int) -> Path:
+        return self.root / f"data-{index:05d}.parquet"
+
+    @property
+    def rejects(self) -> Path:
+        return self.root / "rejects.parquet"
+
+    @property
+    def duplicates(self) -> Path:
+        return self.root / "duplicates.parquet"
+
+    @property
+    def card(self) -> Path:
+        return self.root / "README.md"
+
+    @property
+    def stats(self) -> Path:
+        return self.root / "stats.json"
+
+    @property
+    def work(self) -> Path:
+        return self.root / ".reduce"
+
+    @property
+    def plan(self) -> Path:
+        return self.work / "plan.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.work / "logs"
+
+    def map_dir(self, task: int) -> Path:
+        return self.work / f"map-{task:05d}"
+
+    def map_rejects(self, task: int) -> Path:
+        return self.map_dir(task) / "rejects.parquet"
+
+    def map_keys(self, task: int, kind: str, partition: int) -> Path:
+        return self.map_dir(task) / f"{kind}-{partition:05d}.arrow"
+
+    def map_done(self, task: int) -> Path:
+        return self.map_dir(task) / "done.json"
+
+    def dedup(self, kind: str, partition: int) -> Path:
+        return self.work / "dedup" / f"{kind}-{partition:05d}.arrow"

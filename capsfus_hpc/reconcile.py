@@ -3,10 +3,13 @@ progress records, and what is missing, named per shard with the command that fix
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -46,10 +49,14 @@ def _part_error(part: Part, problem: str) -> CapsfusError:
     return CapsfusError(f"shard {part.shard.id} chunk {part.chunk.index}: part {part.path} {problem}")
 
 
-def committed_parts(paths: RunPaths, manifest: Manifest, records: dict[int, ProgressRecord]) -> tuple[list[Part], list[Gap]]:
-    """Every committed part in manifest order, and the gaps; chunks must tile each shard from its start."""
+def committed_parts(paths: RunPaths, manifest: Manifest, records: dict[int, ProgressRecord],
+                    shard_ids: set[int] | None = None) -> tuple[list[Part], list[Gap]]:
+    """Every committed part in manifest order (of the given shards, else all), and the gaps;
+    chunks must tile each shard from its start."""
     parts, gaps = [], []
     for shard in manifest.shards:
+        if shard_ids is not None and shard.id not in shard_ids:
+            continue
         record = records.get(shard.id)
         expected = shard.row_id_start
         for chunk in record.chunks if record else ():
@@ -85,8 +92,9 @@ def read_part(part: Part) -> pa.Table:
         raise _part_error(part, MISSING) from exc
     if len(data) != part.chunk.bytes or sha256_bytes(data) != part.chunk.sha256:
         raise _part_error(part, DAMAGED)
-    table = pq.read_table(pa.BufferReader(data))
-    expected = pa.array(range(part.chunk.row_id_start, part.chunk.row_id_stop), pa.int64())
+    # ParquetFile.read: a third of read_table's cost for a small file (no dataset discovery).
+    table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+    expected = pa.array(np.arange(part.chunk.row_id_start, part.chunk.row_id_stop, dtype=np.int64))
     if table.num_rows != part.chunk.rows or not table.column(ROW_ID).combine_chunks().equals(expected):
         raise _part_error(part, f"does not hold rows {part.chunk.row_id_start}..{part.chunk.row_id_stop - 1} "
                                 "exactly once")
@@ -101,6 +109,16 @@ def incomplete_message(paths: RunPaths, status: RunStatus) -> str:
             + f"\nfinish them with: capsfus-hpc resume {paths.root}   (or reduce with --allow-partial)")
 
 
-def iter_tables(parts: list[Part]) -> Iterator[tuple[Part, pa.Table]]:
-    for part in parts:
-        yield part, read_part(part)
+def iter_tables(parts: list[Part], read_ahead: int = 8) -> Iterator[tuple[Part, pa.Table]]:
+    """Each part's verified rows, in order, read by a background thread up to read_ahead parts
+    ahead (parquet decoding releases the GIL, so reading overlaps the caller's work)."""
+    with ThreadPoolExecutor(1) as reader:
+        pending: deque = deque()
+        for part in parts:
+            pending.append((part, reader.submit(read_part, part)))
+            if len(pending) > read_ahead:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()

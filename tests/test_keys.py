@@ -1,6 +1,9 @@
+import random
+
+import pyarrow as pa
 import pytest
 
-from capsfus_hpc.keys import normalize_caption, normalize_url
+from capsfus_hpc.keys import normalize_caption, normalize_caption_column, normalize_url, normalize_url_column
 
 
 @pytest.mark.parametrize("a,b", [
@@ -33,3 +36,26 @@ def test_non_urls_are_only_stripped():
 def test_caption_normalisation_ignores_case_punctuation_and_spacing():
     assert normalize_caption("A red  bicycle, leaning on a WALL.") == normalize_caption("a red bicycle leaning on a wall")
     assert normalize_caption("Ｆｕｌｌ width") == "full width"
+
+
+def _odd_values(seed: int, count: int) -> list:
+    rng = random.Random(seed)
+    pieces = ["http", "HTTPS", "ftp", "://", ":", "/", "//", "?", "#", "@", "[", "]", "Ex.COM", "a-b", "80", "443",
+              "0080", "99999", "x", " ", "\t", "é", "%20", "..", "+", "1", ":0", "", "?#", "A.jpg", "ﬁ", "Ａ", "\u2013",
+              "Word", ",", "_", "\u00a0", "\x1c"]
+    return [None, ""] + ["".join(rng.choice(pieces) for _ in range(rng.randrange(1, 9))) for _ in range(count)]
+
+
+@pytest.mark.parametrize("column, one", [(normalize_url_column, normalize_url),
+                                         (normalize_caption_column, normalize_caption)])
+def test_column_versions_equal_the_definitions(column, one, real_records):
+    values = _odd_values(0, 50_000) + [r["laion_2b"] for r in real_records] + [
+        "http://a.com:65535/", "http://a.com:65536/", "http://a.com:/x", "HTTP://A.COM:0080/x/?#", "http://a.com?",
+        "http://a.com/?q#f", "http://a.com//", "https://a.com:443", "http://a.com:8x/"]
+    got = column(pa.array(values, pa.string())).to_pylist()
+    assert got == [None if v is None else one(v) for v in values]
+
+
+def test_a_port_that_is_not_a_number_leaves_the_url_as_text():
+    assert normalize_url(" http://a.com:8x/p ") == "http://a.com:8x/p"
+    assert normalize_url("http://a.com:99999/p") == "http://a.com:99999/p"

@@ -1,0 +1,67 @@
+"""The compiled screen must be sound: every caption it clears, judge clears too. Checked on the
+real captions, every corruption mode of the rules benchmark, strict rules and adversarial text."""
+
+import random
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from capsfus_hpc.caption_rules import DEFAULT_RULES, STRICT_ECHO_PHRASES, CaptionRules, judge
+from capsfus_hpc.caption_screen import CLEAR, judge_column, screen
+
+from .test_caption_rules import bench
+
+STRICT = CaptionRules(echo_phrases=STRICT_ECHO_PHRASES, max_repeats=1, max_repeated_phrase_words=3, min_words=1)
+
+
+def _columns(cases):
+    fused, raw, synthetic, finish = zip(*cases)
+    return [pa.array(list(values), pa.string()) for values in (fused, raw, synthetic, finish)]
+
+
+def _assert_same_as_judge(cases, rules):
+    columns = _columns(cases)
+    flags = screen(*columns, rules)
+    expected = [(i, *v) for i, case in enumerate(cases) if (v := judge(*case, rules))]
+    unsound = [cases[i] for i in np.flatnonzero(flags == CLEAR) if judge(*cases[i], rules)]
+    assert unsound == []
+    assert judge_column(*columns, rules) == expected
+    return flags
+
+
+def _adversarial(records, rng):
+    """Captions built to sit on the edges the screen reasons about."""
+    pieces = ["sentence", "Sentence :", "new sentence:", "merge and refine", "refined and merged", "ho", "ho ho",
+              "\u2013", "\u00a0", "ﬁ", "ß", "Ａ", "é", "e\u0301", "\u0301", "Кот", "猫", "\x1c", "\t", "\n", "_", "...",
+              "a b c", "a b c a b c a b c a b c", "word", "WORD", "\ufffd", "\ue000", "🙂", "T-ROC", "  ", ":", "a fine profile"]
+    cases = []
+    for i in range(3000):
+        r = records[i % len(records)]
+        fused = " ".join(rng.choice(pieces) for _ in range(rng.randrange(1, 12)))
+        if rng.random() < 0.5:
+            fused = r["capsfuion_official"] + " " + fused
+        raw = rng.choice([r["laion_2b"], fused, fused.upper() + " \u2013", fused.replace(" ", "\u00a0"),
+                          "ﬁ" + fused, bench._fullwidth(fused), fused.replace("fi", "ﬁ"), None])
+        cases.append((fused, raw, r["laion_coco"], rng.choice(["eos", "length", None])))
+    return cases
+
+
+@pytest.mark.parametrize("rules", [DEFAULT_RULES, STRICT], ids=["default", "strict"])
+def test_screen_clears_only_what_judge_clears(real_records, rules):
+    cases = bench.official_cases(real_records)
+    for mode in bench.CORRUPTIONS:
+        cases += bench.corrupted_cases(mode, real_records[:600], rules)
+    cases += _adversarial(real_records, random.Random(0))
+    _assert_same_as_judge(cases, rules)
+
+
+def test_screen_clears_most_real_captions(real_records):
+    flags = _assert_same_as_judge(bench.official_cases(real_records), DEFAULT_RULES)
+    assert (flags == CLEAR).mean() > 0.95  # the rest (mostly non-ASCII captions) goes to judge
+
+
+def test_nulls_and_empty_columns():
+    cases = [(None, None, None, None), ("", "", "", "eos"), ("A cat sleeps on a red sofa.", None, None, None)]
+    _assert_same_as_judge(cases, DEFAULT_RULES)
+    assert judge_column(*[pa.array([], pa.string())] * 4, DEFAULT_RULES) == []
