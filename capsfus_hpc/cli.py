@@ -24,7 +24,7 @@ from . import options as opt
 from .paths import RunPaths
 from .profiles import load_profile
 from .caption_rules import CaptionRules
-from .reduce import ReduceOptions, load_rules, reduce_run
+from .reduce import STATS_FILE, ReduceOptions, load_rules, reduce_run
 from .settings import load_run, load_settings, open_or_create, requested_settings
 from .slurm import SlurmOptions
 from .status import FAILED, gather_status
@@ -292,20 +292,46 @@ def reduce(
     write_duplicates: Annotated[bool, typer.Option("--write-duplicates", help="Write duplicates.parquet: each dropped row and the row it duplicates.")] = False,
     target_file_mb: Annotated[int, typer.Option(help="Start a new data file past this size.")] = 512,
     rules: Annotated[Optional[Path], typer.Option(help="JSON file of caption rule thresholds (see capsfus_hpc/caption_rules.py).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Processes to use (default: the CPUs this process may use).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Processes to use (default: the CPUs this process may use); with --slurm, about how many tasks each stage gets.")] = None,
+    on_slurm: Annotated[bool, typer.Option("--slurm", help="Run the reduce as SLURM arrays (judge, dedup, assemble) instead of here.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="With --slurm: wait for the dataset and print its stats.")] = False,
+    partition: opt.Partition = None, account: opt.Account = None, qos: opt.Qos = None,
+    time_limit: opt.Time = None, cpus: opt.Cpus = None, mem: opt.Mem = None,
+    sbatch_arg: opt.SbatchArg = None,
     as_json: opt.JsonFlag = False,
 ):
     """Reconcile every row, judge the captions, deduplicate keys and write the final dataset.
 
     Example: capsfus-hpc reduce runs/laion --final datasets/laion-capsfusion --write-duplicates
+
+    Example: capsfus-hpc reduce runs/laion --final datasets/laion-capsfusion --slurm --workers 32 --partition cpu --wait
     """
     paths = RunPaths(run_dir)
     _, manifest = load_run(paths)
     options = ReduceOptions(allow_partial=allow_partial, dedup_caption=dedup_caption,
                             write_duplicates=write_duplicates, target_file_bytes=target_file_mb * 2**20,
                             rules=load_rules(rules) if rules else CaptionRules())
-    with row_progress(console, "reducing (judge, dedup, write)", 2 * manifest.total_rows) as advance:
-        stats = reduce_run(paths, final, options, on_rows=advance, workers=workers)
+    if on_slurm:
+        from .reduce_slurm import submit_reduce, wait_for_reduce
+
+        given = {"partition": partition, "account": account, "qos": qos, "time": time_limit, "cpus": cpus, "mem": mem}
+        slurm_options = SlurmOptions(**{k: v for k, v in given.items() if v is not None}, extra=tuple(sbatch_arg or ()))
+        jobs = submit_reduce(paths, final, options, slurm_options, workers or 1)
+        if not wait:
+            document = {"final": str(final.absolute()), "jobs": [vars(job) for job in jobs]}
+            if as_json:
+                print_json(document)
+            else:
+                for job in jobs:
+                    console.print(f"submitted {job.stage}: job {job.job_id} ({job.tasks} task(s))")
+                console.print(f"the dataset is complete when {safe(final.absolute() / STATS_FILE)} exists")
+            return
+        stats = wait_for_reduce(final, jobs)
+    elif not (workers is None or workers > 0):
+        raise CapsfusError("--workers must be at least 1")
+    else:
+        with row_progress(console, "reducing (judge, dedup, write)", 2 * manifest.total_rows) as advance:
+            stats = reduce_run(paths, final, options, on_rows=advance, workers=workers)
     if as_json:
         print_json(stats)
     else:

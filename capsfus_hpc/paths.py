@@ -60,7 +60,7 @@ class ReducePaths:
     FINAL/rejects.parquet, duplicates.parquet  rejected rows; dropped duplicates and their winners
     FINAL/README.md, FINAL/stats.json          dataset card; counts, written last
     FINAL/.reduce/plan.json                    what each reduce task does (reduce_plan.py)
-    FINAL/.reduce/map-00003/...                one judge task's rejects, spilled keys and counts
+    FINAL/.reduce/map-00003/...                one judge task's rows, rejects, spilled keys and counts
     FINAL/.reduce/dedup/key-00007.arrow        duplicates found in key partition 7
     """
 
@@ -102,6 +102,9 @@ class ReducePaths:
 
     def map_dir(self, task: int) -> Path:
         return self.work / f"map-{task:05d}"
+
+    def map_rows(self, task: int) -> Path:
+        return self.map_dir(task) / "rows.arrow"
 
     def map_rejects(self, task: int) -> Path:
         return self.map_dir(task) / "rejects.parquet"

@@ -109,10 +109,10 @@ def incomplete_message(paths: RunPaths, status: RunStatus) -> str:
             + f"\nfinish them with: capsfus-hpc resume {paths.root}   (or reduce with --allow-partial)")
 
 
-def iter_tables(parts: list[Part], read_ahead: int = 8) -> Iterator[tuple[Part, pa.Table]]:
-    """Each part's verified rows, in order, read by a background thread up to read_ahead parts
+def iter_tables(parts: list[Part], read_ahead: int = 8, readers: int = 1) -> Iterator[tuple[Part, pa.Table]]:
+    """Each part's verified rows, in order, read by background threads up to read_ahead parts
     ahead (parquet decoding releases the GIL, so reading overlaps the caller's work)."""
-    with ThreadPoolExecutor(1) as reader:
+    with ThreadPoolExecutor(readers) as reader:
         pending: deque = deque()
         for part in parts:
             pending.append((part, reader.submit(read_part, part)))

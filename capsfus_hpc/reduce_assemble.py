@@ -1,6 +1,6 @@
 """Reduce stage 3, one task: write the final dataset in manifest order.
 
-Every row of every committed part goes to the data files unless a judge task rejected it or a
+Every row the judge tasks read (checked against the part checksums) goes to the data files unless a judge task rejected it or a
 dedup task found it a duplicate; those go to rejects.parquet with the reason. Only the dropped
 rows are held in memory (a row id, a winner and a code each), not the keys.
 """
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ from .columns import DETAIL, REASON, ROW_ID, STATUS
 from .dataset_card import dataset_card
 from .dataset_writer import DataWriter
 from .errors import CapsfusError
-from .reconcile import committed_parts, iter_tables
+from .reconcile import committed_parts
 from .reduce_dedup import DUPLICATE_OF, duplicates_found
 from .reduce_judge import REJECT_DETAIL, REJECT_REASON, conform
 from .reduce_plan import CAPTION, KEY, ReducePlan, read_plan, rules_document
@@ -68,12 +70,13 @@ class _Dropped:
             raise CapsfusError("internal error: a row was dropped twice (judged and duplicate, or two kinds)")
         return cls(row_ids[order], np.concatenate(codes)[order], np.concatenate(index)[order], judged)
 
-    def split(self, table: pa.Table, start: int, stop: int, key_name: str) -> tuple[pa.Table, pa.Table]:
-        """(kept rows, dropped rows with reason, detail and winner) of a part holding rows start..stop-1."""
-        lo, hi = np.searchsorted(self.row_ids, [start, stop])
+    def split(self, table: pa.Table, key_name: str) -> tuple[pa.Table, pa.Table]:
+        """(kept rows, dropped rows with reason, detail and winner) of a batch of rows in row id order."""
+        row_ids = table.column(ROW_ID).to_numpy()
+        lo, hi = np.searchsorted(self.row_ids, [row_ids[0], row_ids[-1] + 1]) if len(row_ids) else (0, 0)
         if lo == hi:
             return table, None
-        offsets = self.row_ids[lo:hi] - start
+        offsets = np.searchsorted(row_ids, self.row_ids[lo:hi])
         keep = np.ones(table.num_rows, np.bool_)
         keep[offsets] = False
         codes, index = self.codes[lo:hi], self.index[lo:hi]
@@ -110,7 +113,25 @@ def _judge_counts(plan: ReducePlan) -> tuple[int, dict[str, int]]:
     return ok, dict(sorted(rejected.items()))
 
 
-def assemble_task(final_dir: str, on_part=None) -> dict:
+def _write(data: DataWriter, kept: pa.Table, rejects: DataWriter, dropped: pa.Table | None,
+           duplicates: DataWriter | None, found: pa.Table | None) -> None:
+    data.write(kept)
+    if dropped is not None:
+        rejects.write(dropped)
+    if found is not None:
+        duplicates.write(found)
+
+
+def _judged_rows(plan: ReducePlan):
+    """The rows the judge tasks verified and kept for this stage, batch by batch, in manifest order."""
+    for task in range(len(plan.judge_tasks)):
+        # Read, not memory-mapped: mapped pages of a file this size would count as resident memory.
+        with pa.OSFile(str(plan.final_paths.map_rows(task))) as source, pa.ipc.open_file(source) as reader:
+            for index in range(reader.num_record_batches):
+                yield pa.Table.from_batches([reader.get_batch(index)])
+
+
+def assemble_task(final_dir: str, on_rows=None) -> dict:
     """Write the data files, rejects, duplicates, card and, last, stats.json; returns the stats."""
     plan = read_plan(Path(final_dir))
     run, out, options = plan.run_paths, plan.final_paths, plan.options
@@ -132,18 +153,23 @@ def assemble_task(final_dir: str, on_part=None) -> dict:
                                                     options.row_group_rows)) if options.write_duplicates else None
         data = stack.enter_context(DataWriter(out.data_file, data_schema, options.target_file_bytes,
                                               options.row_group_rows))
-        for part, table in iter_tables(parts):
-            kept, dropped_rows = dropped.split(conform(table, plan.schema), part.chunk.row_id_start,
-                                               part.chunk.row_id_stop, manifest.columns.key)
-            data.write(conform(kept, data_schema))
+        # One thread does all the writing (parquet encoding releases the GIL), so encoding the
+        # output overlaps splitting the next batch; at most two batches wait for it.
+        writer, pending = stack.enter_context(ThreadPoolExecutor(1)), deque()
+        for table in _judged_rows(plan):
+            kept, dropped_rows = dropped.split(table, manifest.columns.key)
             rows_out += kept.num_rows
-            if dropped_rows is not None:
-                rejects.write(dropped_rows)
-                if duplicates is not None:
-                    found = dropped_rows.filter(pc.is_valid(dropped_rows.column(DUPLICATE_OF)))
-                    duplicates.write(conform(found, DUPLICATES_SCHEMA))
-            if on_part:
-                on_part(part.chunk.rows)
+            found = None
+            if dropped_rows is not None and duplicates is not None:
+                found = conform(dropped_rows.filter(pc.is_valid(dropped_rows.column(DUPLICATE_OF))), DUPLICATES_SCHEMA)
+            pending.append(writer.submit(_write, data, conform(kept, data_schema), rejects, dropped_rows,
+                                         duplicates, found))
+            while len(pending) > 2:
+                pending.popleft().result()
+            if on_rows:
+                on_rows(table.num_rows)
+        while pending:
+            pending.popleft().result()
     duplicates_by_kind = dropped.counts()
     missing_rows = sum(gap.rows for gap in gaps)
     stats = {

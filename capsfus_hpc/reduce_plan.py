@@ -18,7 +18,7 @@ from .errors import CapsfusError
 from .manifest import Manifest
 from .paths import ReducePaths, RunPaths
 
-ROWS_PER_PARTITION = 4_000_000  # keys of one partition are deduped in memory: ~200 MB at this size
+ROWS_PER_PARTITION = 2_000_000  # keys of one partition are deduped in memory: ~300 MB at this size
 MIN_ROWS_PER_JUDGE_TASK = 200_000  # below this a task's start-up outweighs its work
 KEY = "key"  # partition kinds: the dedup key column, and the normalised fused caption
 CAPTION = "caption"
@@ -92,13 +92,14 @@ class ReducePlan:
 
 def plan_reduce(run: Path, final: Path, manifest: Manifest, shard_rows: dict[int, int], schema: pa.Schema,
                 options: ReduceOptions, workers: int) -> ReducePlan:
-    """Pure: shards with committed rows cut into judge tasks of contiguous shards (at least one
-    per worker when there is enough work), and enough key partitions to keep each one small.
+    """Pure: shards with committed rows cut into judge tasks of contiguous shards (one per worker
+    when there is enough work), and enough key partitions to keep each one small.
     The output does not depend on either number: only the work does."""
     shard_ids = [s.id for s in manifest.shards if shard_rows.get(s.id)]
     rows = sum(shard_rows.get(s, 0) for s in shard_ids)
-    tasks = max(1, min(len(shard_ids), max(workers, math.ceil(rows / ROWS_PER_PARTITION)),
-                       math.ceil(rows / MIN_ROWS_PER_JUDGE_TASK)))
+    # One task per worker: a judge task streams, so its size costs no memory, and each task
+    # pays a second or so of start-up.
+    tasks = max(1, min(len(shard_ids), workers, math.ceil(rows / MIN_ROWS_PER_JUDGE_TASK)))
     groups, target, current, current_rows, done_rows = [], rows / tasks, [], 0, 0
     for shard in shard_ids:
         current.append(shard)

@@ -1,0 +1,79 @@
+"""`reduce --slurm`: the reduce's three stages as SLURM jobs, each stage an array after the last.
+
+The tasks are the ones a local reduce runs (reduce_judge.judge_task, reduce_dedup.dedup_task,
+reduce_assemble.assemble_task) with the same plan in FINAL/.reduce/plan.json, so the output is
+byte for byte the local reduce's. Stages depend on each other with afterok: a failed task
+stops the later stages, and `wait_for_reduce` names the job and its log.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from . import ledger
+from .errors import CapsfusError
+from .paths import ReducePaths, RunPaths
+from .reduce import prepare_reduce
+from .reduce_assemble import assemble_task
+from .reduce_dedup import dedup_task
+from .reduce_judge import judge_task
+from .reduce_plan import ReduceOptions
+from .scheduler import parse_sacct
+from .slurm import SlurmOptions, _run, max_array_size, spec_for, submit_array
+
+
+@dataclass(frozen=True)
+class ReduceJob:
+    stage: str  # judge, dedup-key, dedup-caption, assemble
+    job_id: str
+    tasks: int
+
+
+def submit_reduce(paths: RunPaths, final: Path, options: ReduceOptions, slurm: SlurmOptions,
+                  tasks: int) -> list[ReduceJob]:
+    """Plan the reduce for about `tasks` tasks per stage and submit its stages; returns the jobs."""
+    plan = prepare_reduce(paths, final, options, tasks)
+    limit = max_array_size()
+    if max(len(plan.judge_tasks), plan.partitions) > limit:
+        raise CapsfusError(f"the reduce needs {max(len(plan.judge_tasks), plan.partitions)} tasks in a stage, "
+                           f"over this cluster's MaxArraySize {limit}; ask for fewer with --workers")
+    logs = plan.final_paths.logs
+    logs.mkdir(parents=True, exist_ok=True, mode=0o755)
+    slurm = replace(slurm, gpus=None)  # the reduce needs no GPU
+    stages = [("judge", judge_task, [(plan.final, t) for t in range(len(plan.judge_tasks))])]
+    stages += [(f"dedup-{kind}", dedup_task, [(plan.final, kind, p) for p in range(plan.partitions)])
+               for kind in plan.kinds]
+    stages.append(("assemble", assemble_task, [(plan.final,)]))
+    jobs: list[ReduceJob] = []
+    for stage, function, arguments in stages:
+        dependency = f"afterok:{jobs[-1].job_id}" if jobs else None
+        task_ids = submit_array(spec_for(logs, slurm, len(arguments), dependency), function, arguments)
+        jobs.append(ReduceJob(stage, task_ids[0].split("_")[0], len(arguments)))
+        ledger.append(paths.ledger, jobs[-1].job_id, ledger.REDUCE, [(t, []) for t in task_ids])
+    return jobs
+
+
+def wait_for_reduce(final: Path, jobs: list[ReduceJob], poll_s: float = 2.0) -> dict:
+    """Block until stats.json appears (returns the stats) or a stage's job ends without it."""
+    out = ReducePaths(final)
+    ids = [job.job_id for job in jobs]
+    while True:
+        if out.stats.exists():
+            return json.loads(out.stats.read_text())
+        queued = [line.split("|") for line in _run(["squeue", "-h", "-r", "-o", "%i|%T|%r"]).splitlines()]
+        # A stage behind a failed one waits forever (DependencyNeverSatisfied): it counts as ended.
+        active = [task for task, _, reason in queued if task.split("_")[0] in ids
+                  and "DependencyNeverSatisfied" not in reason]
+        if not active:
+            if out.stats.exists():
+                return json.loads(out.stats.read_text())
+            states = parse_sacct(_run(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "--format=JobID,State"]))
+            failed = {task: state for task, state in states.items() if state != "COMPLETED"}
+            stage = {job.job_id: job.stage for job in jobs}
+            described = ", ".join(f"{stage.get(t.split('_')[0], '?')} task {t}: {s}" for t, s in sorted(failed.items()))
+            raise CapsfusError(f"the reduce jobs ended without {out.stats}: {described or 'no state recorded'}; "
+                               f"logs in {out.logs}")
+        time.sleep(poll_s)

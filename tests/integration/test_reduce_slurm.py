@@ -1,0 +1,53 @@
+"""reduce --slurm on the real dev cluster: the same tasks as a local reduce, as dependent arrays,
+give the same bytes."""
+
+import json
+
+from capsfus_hpc import reduce_plan
+from capsfus_hpc.reduce import STATS_FILE, ReduceOptions, reduce_run
+from capsfus_hpc.reduce_slurm import submit_reduce, wait_for_reduce
+from capsfus_hpc.slurm import SlurmOptions
+
+from ..conftest import make_run, run_with_official_captions, with_urls, write_parquet
+from ..test_cli import capsfus
+
+OPTIONS = ReduceOptions(dedup_caption=True, write_duplicates=True)
+
+
+def _finished_run(tmp_path, real_records, smoke_model):
+    rows = with_urls(real_records[:90], duplicate_every=4)
+    rows[10]["laion_coco"] = ""  # an invalid input row
+    source = write_parquet(tmp_path / "in.parquet", rows, row_group_rows=10)
+    paths = make_run(tmp_path, [source], smoke_model, rows_per_shard=20, chunk_rows=7)
+    run_with_official_captions(paths, real_records)
+    return paths
+
+
+def _file_bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != STATS_FILE}
+
+
+def test_reduce_on_slurm_arrays_is_byte_identical_to_the_local_reduce(tmp_path, real_records, smoke_model,
+                                                                      monkeypatch):
+    paths = _finished_run(tmp_path, real_records, smoke_model)
+    local = reduce_run(paths, tmp_path / "local", OPTIONS, workers=1)
+    # Small stages so each is a real array: several judge tasks and several key partitions.
+    monkeypatch.setattr(reduce_plan, "MIN_ROWS_PER_JUDGE_TASK", 15)
+    monkeypatch.setattr(reduce_plan, "ROWS_PER_PARTITION", 25)
+    jobs = submit_reduce(paths, tmp_path / "slurm", OPTIONS, SlurmOptions(cpus=1, mem="2G", time="10"), tasks=3)
+    assert [job.stage for job in jobs] == ["judge", "dedup-key", "dedup-caption", "assemble"]
+    assert jobs[0].tasks > 1 and jobs[1].tasks > 1
+    stats = wait_for_reduce(tmp_path / "slurm", jobs)
+    assert _file_bytes(tmp_path / "slurm") == _file_bytes(tmp_path / "local")
+    assert {k: v for k, v in stats.items() if k != "run"} == {k: v for k, v in local.items() if k != "run"}
+    assert stats["duplicates_by_kind"]["duplicate_key"] > 0
+    assert sorted(p.name for p in (tmp_path / "slurm" / ".reduce").iterdir()) == ["logs"]
+
+
+def test_reduce_slurm_command_waits_and_prints_the_stats(tmp_path, real_records, smoke_model):
+    paths = _finished_run(tmp_path, real_records, smoke_model)
+    result = capsfus("reduce", paths.root, "--final", tmp_path / "final", "--slurm", "--wait", "--json",
+                     "--cpus", 1, "--mem", "2G", "--time", 10)
+    stats = json.loads(result.stdout)
+    assert stats["rows_in"] == 90 == stats["rows_out"] + stats["rejected_total"] + stats["duplicates"]
+    assert stats["rejected"]["synthetic_empty"] == 1
