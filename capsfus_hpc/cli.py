@@ -290,6 +290,7 @@ def reduce(
     allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Assemble an incomplete run; stats.json lists the missing rows.")] = False,
     dedup_caption: Annotated[bool, typer.Option("--dedup-caption", help="Also drop rows whose normalised fused caption was seen before.")] = False,
     write_duplicates: Annotated[bool, typer.Option("--write-duplicates", help="Write duplicates.parquet: each dropped row and the row it duplicates.")] = False,
+    near_dup: Annotated[Optional[float], typer.Option("--near-dup", help="Also drop captions this Jaccard-similar (word 3-grams, MinHash) to an earlier kept one, e.g. 0.9; needs capsfus-hpc[near-dup], in memory, for runs of a few million rows.")] = None,
     target_file_mb: Annotated[int, typer.Option(help="Start a new data file past this size.")] = 512,
     rules: Annotated[Optional[Path], typer.Option(help="JSON file of caption rule thresholds (see capsfus_hpc/caption_rules.py).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Processes to use (default: the CPUs this process may use); with --slurm, about how many tasks each stage gets.")] = None,
@@ -310,7 +311,9 @@ def reduce(
     _, manifest = load_run(paths)
     options = ReduceOptions(allow_partial=allow_partial, dedup_caption=dedup_caption,
                             write_duplicates=write_duplicates, target_file_bytes=target_file_mb * 2**20,
-                            rules=load_rules(rules) if rules else CaptionRules())
+                            rules=load_rules(rules) if rules else CaptionRules(), near_dup=near_dup)
+    if near_dup is not None and not 0 < near_dup <= 1:
+        raise CapsfusError(f"--near-dup {near_dup}: a Jaccard similarity must be in (0, 1]")
     if on_slurm:
         from .reduce_slurm import submit_reduce, wait_for_reduce
 

@@ -10,7 +10,8 @@ partitions of the keys, in parallel; caption partitions after key partitions), a
 (reduce_assemble.py: one task, in manifest order). Here they run as local processes;
 reduce_slurm.py submits the same tasks as SLURM arrays. Dedup semantics: among rows that pass
 the caption rules, the first in manifest order with a normalised key wins; with --dedup-caption,
-among the rows left, the first with a normalised caption wins. So the output is the same bytes
+among the rows left, the first with a normalised caption wins; with --near-dup, among the rows
+left, the first with a caption that similar wins (near_dup.py). So the output is the same bytes
 whatever order shards finished in, and however many tasks or partitions did the work.
 """
 
@@ -28,7 +29,7 @@ from .errors import CapsfusError
 from .paths import ReducePaths, RunPaths
 from .reconcile import committed_parts, incomplete_message, part_schema
 from .reduce_assemble import DUPLICATE_CAPTION, DUPLICATE_KEY, DUPLICATES_SCHEMA, assemble_task
-from .reduce_dedup import DUPLICATE_OF, dedup_task
+from .reduce_dedup import DUPLICATE_OF, dedup_task, near_dup_task
 from .reduce_judge import CAPTION_REASON_PREFIX, REJECT_DETAIL, REJECT_REASON, judge_task
 from .reduce_plan import CAPTION, KEY, ReduceOptions, ReducePlan, load_rules, plan_reduce, write_plan
 from .settings import load_run
@@ -124,6 +125,8 @@ def reduce_run(paths: RunPaths, final: Path, options: ReduceOptions = ReduceOpti
                    lambda result: advance(result["rows"]))
         for kind in plan.kinds:
             _run_stage(pool, dedup_task, [(final_dir, kind, p) for p in range(plan.partitions)])
+        if options.near_dup:
+            near_dup_task(final_dir)
     finally:
         if pool is not None:
             pool.shutdown()

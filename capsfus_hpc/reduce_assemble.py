@@ -29,16 +29,17 @@ from .errors import CapsfusError
 from .reconcile import committed_parts
 from .reduce_dedup import DUPLICATE_OF, duplicates_found
 from .reduce_judge import REJECT_DETAIL, REJECT_REASON, conform
-from .reduce_plan import CAPTION, KEY, ReducePlan, read_plan, rules_document
+from .reduce_plan import CAPTION, KEY, NEAR, ReducePlan, read_plan, rules_document
 from .settings import load_run
 from .status import read_records
 
 DUPLICATE_KEY = "duplicate_key"
 DUPLICATE_CAPTION = "duplicate_caption"
+DUPLICATE_NEAR = "duplicate_near"
 DUPLICATES_SCHEMA = pa.schema([pa.field(ROW_ID, pa.int64()), pa.field(DUPLICATE_OF, pa.int64()),
                                pa.field(REJECT_REASON, pa.string())])
-_JUDGED, _KEY, _CAPTION = 0, 1, 2
-_KIND_REASON = {_KEY: DUPLICATE_KEY, _CAPTION: DUPLICATE_CAPTION}
+_JUDGED, _KEY, _CAPTION, _NEAR = 0, 1, 2, 3
+_KIND_REASON = {_KEY: DUPLICATE_KEY, _CAPTION: DUPLICATE_CAPTION, _NEAR: DUPLICATE_NEAR}
 
 
 @dataclass
@@ -54,12 +55,12 @@ class _Dropped:
     def load(cls, plan: ReducePlan) -> "_Dropped":
         out = plan.final_paths
         judged = pa.concat_tables([pq.read_table(out.map_rejects(t)) for t in range(len(plan.judge_tasks))])
-        found = {KEY: duplicates_found(plan, KEY)}
-        if CAPTION in plan.kinds:
-            found[CAPTION] = duplicates_found(plan, CAPTION)
+        found = {kind: duplicates_found(plan, kind) for kind in plan.kinds}
+        if plan.options.near_dup:
+            found[NEAR] = duplicates_found(plan, NEAR)
         row_ids = [judged.column(ROW_ID).to_numpy()]
         codes, index = [np.full(judged.num_rows, _JUDGED, np.int8)], [np.arange(judged.num_rows)]
-        for code, kind in ((_KEY, KEY), (_CAPTION, CAPTION)):
+        for code, kind in ((_KEY, KEY), (_CAPTION, CAPTION), (_NEAR, NEAR)):
             if kind in found:
                 row_ids.append(found[kind].column(ROW_ID).to_numpy())
                 codes.append(np.full(found[kind].num_rows, code, np.int8))
@@ -88,8 +89,8 @@ class _Dropped:
                 reason, detail = next(judged)
                 reasons.append(reason); details.append(detail); winners.append(None)
             else:
-                what = key_name if code == _KEY else "caption"
-                reasons.append(_KIND_REASON[code]); details.append(f"same {what} as row {value}"); winners.append(value)
+                what = {_KEY: f"same {key_name}", _CAPTION: "same caption", _NEAR: "caption nearly the same"}[code]
+                reasons.append(_KIND_REASON[code]); details.append(f"{what} as row {value}"); winners.append(value)
         dropped = table.take(pa.array(offsets))
         for name, values, kind in ((REJECT_REASON, reasons, pa.string()), (REJECT_DETAIL, details, pa.string()),
                                    (DUPLICATE_OF, winners, pa.int64())):
@@ -97,7 +98,8 @@ class _Dropped:
         return table.filter(pa.array(keep)), dropped
 
     def counts(self) -> dict[str, int]:
-        return {_KIND_REASON[c]: int((self.codes == c).sum()) for c in (_KEY, _CAPTION) if (self.codes == c).any()}
+        return {_KIND_REASON[c]: int((self.codes == c).sum()) for c in (_KEY, _CAPTION, _NEAR)
+                if (self.codes == c).any()}
 
 
 def _judge_counts(plan: ReducePlan) -> tuple[int, dict[str, int]]:
@@ -186,6 +188,7 @@ def assemble_task(final_dir: str, on_rows=None) -> dict:
         "parts": len(parts),
         "dedup_key": manifest.columns.key,
         "dedup_caption": options.dedup_caption,
+        "near_dup": options.near_dup,
         "rules": rules_document(options.rules),
         "run": str(run.root),
         "manifest_sha256": settings.manifest_sha256,

@@ -2,7 +2,7 @@
 
 Judge tasks cover the manifest in order, so reading a partition's files task by task gives its
 rows in row id order. Caption partitions run after every key partition: a row already dropped
-for its key takes no part in caption dedup.
+for its key takes no part in caption dedup. Near duplicates (opt-in) come last, in one task.
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .atomic import atomic_path
-from .columns import ROW_ID
+from .columns import FUSED_CAPTION, ROW_ID
 from .dedup import first_seen
 from .errors import CapsfusError
-from .reduce_plan import CAPTION, KEY, ReducePlan, read_plan
+from .near_dup import near_duplicates
+from .reduce_plan import CAPTION, KEY, NEAR, ReducePlan, read_plan
 
 DUPLICATE_OF = "duplicate_of"
 FOUND_SCHEMA = pa.schema([pa.field(ROW_ID, pa.int64()), pa.field(DUPLICATE_OF, pa.int64())])
@@ -32,7 +34,8 @@ def _read_ipc(path: Path) -> pa.Table:
 
 def duplicates_found(plan: ReducePlan, kind: str) -> pa.Table:
     """Every duplicate of a kind (row_id, duplicate_of), sorted by row id."""
-    table = pa.concat_tables([_read_ipc(plan.final_paths.dedup(kind, p)) for p in range(plan.partitions)])
+    partitions = 1 if kind == NEAR else plan.partitions
+    table = pa.concat_tables([_read_ipc(plan.final_paths.dedup(kind, p)) for p in range(partitions)])
     return table.take(pa.compute.sort_indices(table, [(ROW_ID, "ascending")]))
 
 
@@ -49,7 +52,37 @@ def dedup_task(final_dir: str, kind: str, partition: int) -> int:
     first = first_seen(table.column("key").combine_chunks()) if table.num_rows else np.zeros(0, np.int64)
     losers = np.flatnonzero(first != np.arange(len(first)))
     found = pa.table([pa.array(row_ids[losers]), pa.array(row_ids[first[losers]])], schema=FOUND_SCHEMA)
-    out.dedup(kind, partition).parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    with atomic_path(out.dedup(kind, partition)) as tmp, pa.ipc.new_file(tmp, FOUND_SCHEMA) as writer:
+    _write_found(out.dedup(kind, partition), found)
+    return found.num_rows
+
+
+def _write_found(path: Path, found: pa.Table) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    with atomic_path(path) as tmp, pa.ipc.new_file(tmp, FOUND_SCHEMA) as writer:
         writer.write_table(found)
+
+
+def near_dup_task(final_dir: str) -> int:
+    """Near-duplicate captions among the rows every earlier stage kept, in one pass in row id order."""
+    plan = read_plan(Path(final_dir))
+    out = plan.final_paths
+    dropped = [pq.read_table(out.map_rejects(t), columns=[ROW_ID]).column(ROW_ID).to_numpy()
+               for t in range(len(plan.judge_tasks))]
+    dropped += [duplicates_found(plan, kind).column(ROW_ID).to_numpy() for kind in plan.kinds]
+    dropped = np.sort(np.concatenate(dropped))
+
+    def kept_captions():
+        for task in range(len(plan.judge_tasks)):
+            with pa.OSFile(str(out.map_rows(task))) as source, pa.ipc.open_file(source) as reader:
+                for index in range(reader.num_record_batches):
+                    batch = reader.get_batch(index)
+                    row_ids = batch.column(ROW_ID).to_numpy()
+                    keep = ~np.isin(row_ids, dropped)
+                    yield from zip(row_ids[keep].tolist(),
+                                   batch.column(FUSED_CAPTION).filter(pa.array(keep)).to_pylist())
+
+    pairs = list(near_duplicates(kept_captions(), plan.options.near_dup))
+    found = pa.table([pa.array([p[0] for p in pairs], pa.int64()), pa.array([p[1] for p in pairs], pa.int64())],
+                     schema=FOUND_SCHEMA)
+    _write_found(out.dedup(NEAR, 0), found)
     return found.num_rows

@@ -22,6 +22,7 @@ ROWS_PER_PARTITION = 2_000_000  # keys of one partition are deduped in memory: ~
 MIN_ROWS_PER_JUDGE_TASK = 200_000  # below this a task's start-up outweighs its work
 KEY = "key"  # partition kinds: the dedup key column, and the normalised fused caption
 CAPTION = "caption"
+NEAR = "near"  # near-duplicate captions: one global task after the exact kinds
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class ReduceOptions:
     target_file_bytes: int = 512 * 2**20
     row_group_rows: int = 100_000
     rules: CaptionRules = field(default_factory=CaptionRules)
+    near_dup: float | None = None  # drop captions this Jaccard-similar to an earlier kept one (near_dup.py)
 
     def as_dict(self) -> dict:
         values = {f.name: getattr(self, f.name) for f in fields(self)}

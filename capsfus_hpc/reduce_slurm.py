@@ -18,7 +18,7 @@ from .errors import CapsfusError
 from .paths import ReducePaths, RunPaths
 from .reduce import prepare_reduce
 from .reduce_assemble import assemble_task
-from .reduce_dedup import dedup_task
+from .reduce_dedup import dedup_task, near_dup_task
 from .reduce_judge import judge_task
 from .reduce_plan import ReduceOptions
 from .scheduler import parse_sacct
@@ -46,6 +46,8 @@ def submit_reduce(paths: RunPaths, final: Path, options: ReduceOptions, slurm: S
     stages = [("judge", judge_task, [(plan.final, t) for t in range(len(plan.judge_tasks))])]
     stages += [(f"dedup-{kind}", dedup_task, [(plan.final, kind, p) for p in range(plan.partitions)])
                for kind in plan.kinds]
+    if options.near_dup:
+        stages.append(("dedup-near", near_dup_task, [(plan.final,)]))
     stages.append(("assemble", assemble_task, [(plan.final,)]))
     jobs: list[ReduceJob] = []
     for stage, function, arguments in stages:

@@ -11,7 +11,7 @@ from capsfus_hpc.slurm import SlurmOptions
 from ..conftest import make_run, run_with_official_captions, with_urls, write_parquet
 from ..test_cli import capsfus
 
-OPTIONS = ReduceOptions(dedup_caption=True, write_duplicates=True)
+OPTIONS = ReduceOptions(dedup_caption=True, write_duplicates=True, near_dup=0.9)
 
 
 def _finished_run(tmp_path, real_records, smoke_model):
@@ -35,7 +35,7 @@ def test_reduce_on_slurm_arrays_is_byte_identical_to_the_local_reduce(tmp_path, 
     monkeypatch.setattr(reduce_plan, "MIN_ROWS_PER_JUDGE_TASK", 15)
     monkeypatch.setattr(reduce_plan, "ROWS_PER_PARTITION", 25)
     jobs = submit_reduce(paths, tmp_path / "slurm", OPTIONS, SlurmOptions(cpus=1, mem="2G", time="10"), tasks=3)
-    assert [job.stage for job in jobs] == ["judge", "dedup-key", "dedup-caption", "assemble"]
+    assert [job.stage for job in jobs] == ["judge", "dedup-key", "dedup-caption", "dedup-near", "assemble"]
     assert jobs[0].tasks > 1 and jobs[1].tasks > 1
     stats = wait_for_reduce(tmp_path / "slurm", jobs)
     assert _file_bytes(tmp_path / "slurm") == _file_bytes(tmp_path / "local")
@@ -50,4 +50,4 @@ def test_reduce_slurm_command_waits_and_prints_the_stats(tmp_path, real_records,
                      "--cpus", 1, "--mem", "2G", "--time", 10)
     stats = json.loads(result.stdout)
     assert stats["rows_in"] == 90 == stats["rows_out"] + stats["rejected_total"] + stats["duplicates"]
-    assert stats["rejected"]["synthetic_empty"] == 1
+    assert stats["rejected"]["synthetic_caption_empty"] == 1

@@ -1,0 +1,70 @@
+"""Opt-in near-duplicate captions (--near-dup JACCARD): MinHash over word 3-grams of the
+normalised fused caption, with an LSH index (datasketch), greedy in manifest order.
+
+A row is dropped when an earlier kept row's caption is estimated at least `threshold` similar
+(Jaccard of 3-grams); LSH proposes candidates and the MinHash estimate confirms them, and the
+earliest confirmed row is named as the winner. It runs after exact dedup, over the rows still
+kept, as one task: the index is global and in memory, about 1.5 KB per kept caption (some
+700k captions per GB), and MinHash costs about 90 us per caption on one core. So it suits runs
+of a few million rows; beyond that, dedup exactly and leave near duplicates to training-time
+sampling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from .caption_rules import caption_words
+from .errors import CapsfusError
+
+NUM_PERM = 128
+SHINGLE_WORDS = 3
+SEED = 1  # datasketch's default: the same captions give the same signatures on every machine
+BATCH = 4096
+
+
+def shingles(caption: str) -> list[bytes]:
+    words = caption_words(caption)
+    if len(words) <= SHINGLE_WORDS:
+        return [" ".join(words).encode()]
+    return [" ".join(words[i:i + SHINGLE_WORDS]).encode() for i in range(len(words) - SHINGLE_WORDS + 1)]
+
+
+def _datasketch():
+    try:
+        import datasketch
+    except ImportError as exc:
+        raise CapsfusError("--near-dup needs datasketch: pip install 'capsfus-hpc[near-dup]'") from exc
+    return datasketch
+
+
+def near_duplicates(rows: Iterable[tuple[int, str]], threshold: float) -> Iterator[tuple[int, int]]:
+    """(row id, winner row id) of every near duplicate among (row id, caption) in row id order."""
+    if not 0 < threshold <= 1:
+        raise CapsfusError(f"--near-dup {threshold}: a Jaccard similarity must be in (0, 1]")
+    datasketch = _datasketch()
+    index = datasketch.MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+    kept: dict[int, np.ndarray] = {}
+    batch: list[tuple[int, str]] = []
+
+    def flush() -> Iterator[tuple[int, int]]:
+        signatures = datasketch.MinHash.bulk([shingles(caption) for _, caption in batch], num_perm=NUM_PERM,
+                                             seed=SEED)
+        for (row_id, _), signature in zip(batch, signatures):
+            values = signature.hashvalues.astype(np.uint32)  # datasketch's hashes are below 2**32
+            winners = sorted(c for c in index.query(signature) if (kept[c] == values).mean() >= threshold)
+            if winners:
+                yield row_id, winners[0]
+            else:
+                index.insert(row_id, signature, check_duplication=False)
+                kept[row_id] = values
+
+    for row in rows:
+        batch.append(row)
+        if len(batch) == BATCH:
+            yield from flush()
+            batch = []
+    if batch:
+        yield from flush()

@@ -1,0 +1,46 @@
+import pyarrow.parquet as pq
+import pytest
+
+from capsfus_hpc.errors import CapsfusError
+from capsfus_hpc.near_dup import near_duplicates, shingles
+from capsfus_hpc.reduce import REJECTS_FILE, ReduceOptions, reduce_run
+
+from .conftest import make_run, run_with_official_captions, write_parquet
+
+
+def _edited(caption: str) -> str:
+    """The same caption with its last word changed and different punctuation: a near duplicate."""
+    words = caption.rstrip(".").split()
+    return " ".join(words[:-1] + ["indeed"]) + "!"
+
+
+def test_near_copies_of_real_captions_are_found_and_distinct_ones_kept(real_records):
+    captions = [r["capsfuion_official"] for r in real_records[:400]]
+    long_ones = [i for i, c in enumerate(captions) if len(c.split()) >= 25][:50]
+    rows = list(enumerate(captions)) + [(400 + k, _edited(captions[i])) for k, i in enumerate(long_ones)]
+    found = dict(near_duplicates(rows, 0.8))
+    assert found == {400 + k: i for k, i in enumerate(long_ones)}
+    assert found == dict(near_duplicates(rows, 0.8))  # the same answer every time
+
+
+def test_short_captions_and_bad_thresholds():
+    assert shingles("A cat.") == [b"a cat"]
+    assert shingles("one two three four") == [b"one two three", b"two three four"]
+    with pytest.raises(CapsfusError, match="Jaccard"):
+        list(near_duplicates([(0, "a b c")], 1.5))
+
+
+def test_reduce_drops_near_duplicates_after_exact_ones(tmp_path, real_records, smoke_model):
+    records = [dict(r) for r in real_records[:6]]
+    long_one = next(r for r in real_records if len(r["capsfuion_official"].split()) >= 25)
+    records[1] = dict(long_one)
+    records[4] = dict(long_one, laion_2b=long_one["laion_2b"] + " (again)", capsfuion_official=_edited(long_one["capsfuion_official"]))
+    rows = [{"image_url": f"https://example.org/{i}.jpg", "laion_2b": r["laion_2b"], "laion_coco": r["laion_coco"]}
+            for i, r in enumerate(records)]
+    source = write_parquet(tmp_path / "r.parquet", rows, row_group_rows=5)
+    paths = make_run(tmp_path, [source], smoke_model, rows_per_shard=10, chunk_rows=5)
+    run_with_official_captions(paths, records)
+    stats = reduce_run(paths, tmp_path / "final", ReduceOptions(near_dup=0.8), workers=1)
+    assert stats["duplicates_by_kind"] == {"duplicate_near": 1} and stats["near_dup"] == 0.8
+    [rejected] = pq.read_table(tmp_path / "final" / REJECTS_FILE).to_pylist()
+    assert (rejected["row_id"], rejected["duplicate_of"], rejected["reject_reason"]) == (4, 1, "duplicate_near")
