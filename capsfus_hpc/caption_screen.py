@@ -5,23 +5,26 @@ passes all of them, by a single scan of its bytes; a caption it cannot clear goe
 which names the reason (or, rarely, clears it after all). So the screen must be sound (never
 clear a caption `judge` would reject), and tests/test_caption_screen.py checks exactly that.
 
-It clears printable-ASCII captions only (98% of the real ones): for them `caption_words` is the
-runs of [A-Za-z0-9_] lower-cased, which bytes can follow. Words are compared by a 64-bit hash;
-a collision can only make two different words look equal, which sends a caption to `judge`,
-never clears it. Why numba: the rules need per-word logic (phrase loops, distinct-word counts)
-that a columnar engine does not express; Polars took 6.4 s per million captions for part of it.
+It screens captions of printable ASCII plus non-ASCII separators (dashes, curly quotes) and
+lower-case letters that NFKC and casefold leave alone (é, Cyrillic, CJK): 99% of the real ones.
+For them `caption_words` is the runs of word characters, lower-cased, which bytes can follow.
+Words are compared by a 64-bit hash; a collision can only make two different words look equal,
+which sends a caption to `judge`, never clears it. Why numba: the rules need per-word logic
+(phrase loops, distinct-word counts) that a columnar engine does not express; Polars took 6.4 s
+per million captions for part of it.
 """
 
 from __future__ import annotations
 
 import functools
+import unicodedata
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from numba import njit
 
-from .caption_rules import LENGTH_FINISH, CaptionRules, _same_words, judge, normalized
+from .caption_rules import _GARBAGE, LENGTH_FINISH, CaptionRules, _same_words, judge, normalized
 
 CLEAR = 0
 JUDGE = 1
@@ -121,10 +124,11 @@ def _has_loop(hashes, count, max_repeats, max_phrase_words):
     return False
 
 
-# Byte classes for the caption scan: a word byte ([A-Za-z0-9_]), a space, or not printable ASCII.
-_WORD, _SPACE, _BAD = 1, 2, 4
+# Byte classes for the caption scan: a word byte ([A-Za-z0-9_]), a space, an ASCII control
+# character, or a byte of a non-ASCII character (told apart by _caption_chars).
+_WORD, _SPACE, _BAD, _HIGH = 1, 2, 4, 8
 _CLASS = np.array([(_WORD if chr(b).isascii() and (chr(b).isalnum() or b == 95) else 0) | (_SPACE if b == 32 else 0)
-                   | (_BAD if b < 32 or b > 126 else 0) for b in range(256)], np.uint8)
+                   | (_BAD if b < 32 or b == 127 else 0) | (_HIGH if b > 127 else 0) for b in range(256)], np.uint8)
 _LOWER = np.array([b + 32 if 65 <= b <= 90 else b for b in range(256)], np.uint64)
 _SENTENCE_WORD = np.uint64(int.from_bytes(b"sentence", "big"))
 _LOW_BYTES = np.uint64(2**64 - 1)
@@ -138,15 +142,70 @@ _LOW_BYTES = np.uint64(2**64 - 1)
 _SEPARATOR, _LASTING, _OTHER = 0, 1, 2
 
 
+# The non-ASCII characters a fused caption may hold and still be screened: a separator (what
+# `normalized` drops, not whitespace, not a combining mark, not garbage) or a lower-case letter
+# that NFKC and casefold leave alone and that never composes with its neighbours (Hangul jamo
+# do). Anything else sends the caption to judge.
+_REFUSED, _SEPARATES, _LETTER = 0, 1, 2
+_JAMO = ((0x1100, 0x11FF), (0xA960, 0xA97F), (0xD7B0, 0xD7FF))
+
+
+def _caption_char(code: int, words: str) -> int:
+    char = chr(code)
+    if char.isspace() or unicodedata.category(char)[0] in "MC" or _GARBAGE.search(char):
+        return _REFUSED
+    if not words:
+        return _SEPARATES
+    stable = unicodedata.normalize("NFKC", char) == char == char.casefold() and words == char
+    if stable and unicodedata.category(char) in ("Ll", "Lo") and not any(a <= code <= b for a, b in _JAMO):
+        return _LETTER
+    return _REFUSED
+
+
 @functools.cache
-def _source_classes() -> np.ndarray:
-    classes = np.full(0x10000, _OTHER, np.uint8)
+def _char_tables() -> tuple[np.ndarray, np.ndarray]:
+    """(source class, caption class) of every BMP code point."""
+    sources = np.full(0x10000, _OTHER, np.uint8)
+    captions = np.full(0x10000, _REFUSED, np.uint8)
     for code in range(0x80, 0x10000):
         if 0xD800 <= code <= 0xDFFF:
             continue
         words = normalized(chr(code))
-        classes[code] = _SEPARATOR if not words else _LASTING if not any(c.isascii() for c in words) else _OTHER
-    return classes
+        sources[code] = _SEPARATOR if not words else _LASTING if not any(c.isascii() for c in words) else _OTHER
+        captions[code] = _caption_char(code, words)
+    return sources, captions
+
+
+@njit(cache=True)
+def _code_at(data, k, stop):
+    """The code point of the UTF-8 sequence led by data[k], or -1 if it is not a 2 or 3 byte one."""
+    lead = data[k]
+    if 0xC0 <= lead < 0xE0 and k + 1 < stop:
+        return ((lead & 0x1F) << 6) | (data[k + 1] & 0x3F)
+    if 0xE0 <= lead < 0xF0 and k + 2 < stop:
+        return ((lead & 0x0F) << 12) | ((data[k + 1] & 0x3F) << 6) | (data[k + 2] & 0x3F)
+    return -1
+
+
+@njit(cache=True)
+def _caption_letters(data, start, stop, caption_chars):
+    """-1 if a non-ASCII character of the caption is refused, else whether one is a letter."""
+    letters = 0
+    k = start
+    while k < stop:
+        if data[k] < 0x80:
+            k += 1
+            continue
+        code = _code_at(data, k, stop)
+        if code < 0:
+            return -1
+        kind = caption_chars[code]
+        if kind == _REFUSED:
+            return -1
+        if kind == _LETTER:
+            letters = 1
+        k += 2 if code < 0x800 else 3
+    return letters
 
 
 @njit(cache=True)
@@ -178,25 +237,29 @@ def _non_ascii_kind(data, start, stop, classes):
 
 
 @njit(cache=True)
-def _source_verdict(c_dat, starts, lengths, count, s_off, s_dat, s_valid, row, non_ascii_flag, classes):
+def _source_verdict(c_dat, starts, lengths, count, s_off, s_dat, s_valid, row, non_ascii_flag, classes, letters):
     if not s_valid[row]:
         return CLEAR
     start, stop = s_off[row], s_off[row + 1]
     for k in range(start, stop):
         if s_dat[k] >= 128:
+            if letters:  # both have non-ASCII letters: Python compares them
+                return non_ascii_flag
             kind = _non_ascii_kind(s_dat, start, stop, classes)
             if kind == _LASTING:
                 return CLEAR
             if kind == _OTHER:
                 return non_ascii_flag
             break  # only separators: the bytes of its ASCII words are its words
+    if letters:  # the caption's words hold a non-ASCII letter, an ASCII source's cannot
+        return CLEAR
     return JUDGE if _same_ascii_words(c_dat, starts, lengths, count, s_dat, start, stop) else CLEAR
 
 
 @njit(cache=True)
 def _screen(c_off, c_dat, c_valid, length_finish, r_off, r_dat, r_valid, s_off, s_dat, s_valid,
             min_chars, min_words, max_chars, max_words, max_repeats, max_phrase_words, min_distinct_ratio,
-            distinct_min_words, echo_words, echo_starts, classes, out):
+            distinct_min_words, echo_words, echo_starts, classes, caption_chars, out):
     words_max = max_chars // 2 + 2
     starts = np.zeros(words_max, np.int64)
     lengths = np.zeros(words_max, np.int64)
@@ -217,15 +280,23 @@ def _screen(c_off, c_dat, c_valid, length_finish, r_off, r_dat, r_valid, s_off, 
             bad |= _CLASS[c_dat[k]]
         if bad & _BAD:
             continue
+        letters = _caption_letters(c_dat, start, stop, caption_chars) if bad & _HIGH else 0
+        if letters < 0:
+            continue
         # Word runs (index 0 collects the bytes before the first word), their hashes, and
         # whether a label ("New sentence:") may be there, in one pass over the bytes.
-        reader_words, count, prev_space, prev_word = 0, 0, 1, 0
+        reader_words, count, prev_space, prev_word, word_chars, high_word = 0, 0, 1, 0, 0, 0
         value, window, label = _FNV_OFFSET, np.uint64(0), False
         for k in range(start, stop):
             byte = c_dat[k]
             cls = _CLASS[byte]
             is_space = (cls >> 1) & 1
             is_word = cls & 1
+            if byte >= 0xC0:  # a character's first byte decides for its other bytes
+                high_word = 1 if caption_chars[_code_at(c_dat, k, stop)] == _LETTER else 0
+            if byte >= 0x80:
+                is_word = high_word
+            word_chars += is_word if byte < 0x80 or byte >= 0xC0 else 0
             reader_words += prev_space & (1 - is_space)
             prev_space = is_space
             if is_word:
@@ -246,16 +317,13 @@ def _screen(c_off, c_dat, c_valid, length_finish, r_off, r_dat, r_valid, s_off, 
             prev_word = is_word
         if label or reader_words < max(min_words, 1) or reader_words > max_words or count == 0:
             continue
-        word_bytes = 0
-        for w in range(1, count + 1):
-            word_bytes += lengths[w]
-        if word_bytes + count - 1 < min_chars:
+        if word_chars + count - 1 < min_chars:
             continue
-        verdict = _source_verdict(c_dat, starts[1:], lengths[1:], count, r_off, r_dat, r_valid, row, CHECK_RAW, classes)
+        verdict = _source_verdict(c_dat, starts[1:], lengths[1:], count, r_off, r_dat, r_valid, row, CHECK_RAW, classes, letters)
         if verdict == JUDGE:
             continue
         synthetic = _source_verdict(c_dat, starts[1:], lengths[1:], count, s_off, s_dat, s_valid, row,
-                                    CHECK_SYNTHETIC, classes)
+                                    CHECK_SYNTHETIC, classes, letters)
         if synthetic == JUDGE:
             continue
         verdict |= synthetic
@@ -300,7 +368,7 @@ def screen(fused: pa.Array, raw: pa.Array, synthetic: pa.Array, finish_reason: p
     _screen(c_off, c_dat, c_valid, length_finish, *string_buffers(raw), *string_buffers(synthetic),
             rules.min_chars, rules.min_words, rules.max_chars, rules.max_words, rules.max_repeats,
             rules.max_repeated_phrase_words, rules.min_distinct_ratio, rules.distinct_ratio_min_words,
-            *_echo_phrases(rules), _source_classes(), out)
+            *_echo_phrases(rules), *_char_tables(), out)
     return out
 
 

@@ -2,6 +2,7 @@
 real captions, every corruption mode of the rules benchmark, strict rules and adversarial text."""
 
 import random
+import unicodedata
 
 import numpy as np
 import pyarrow as pa
@@ -34,14 +35,17 @@ def _adversarial(records, rng):
     """Captions built to sit on the edges the screen reasons about."""
     pieces = ["sentence", "Sentence :", "new sentence:", "merge and refine", "refined and merged", "ho", "ho ho",
               "\u2013", "\u00a0", "ﬁ", "ß", "Ａ", "é", "e\u0301", "\u0301", "Кот", "猫", "\x1c", "\t", "\n", "_", "...",
-              "a b c", "a b c a b c a b c a b c", "word", "WORD", "\ufffd", "\ue000", "🙂", "T-ROC", "  ", ":", "a fine profile"]
+              "a b c", "a b c a b c a b c a b c", "word", "WORD", "\ufffd", "\ue000", "🙂", "T-ROC", "  ", ":", "a fine profile",
+              "café", "CAFÉ", "Straße", "ǅ", "\u1100\u1161", "é\u0301", "ς", "İ", "кот кот кот кот", "ª", "²", "™",
+              "\u3000", "\u2028", "\u200b", "sentence\u00a0:", "Ω"]
     cases = []
     for i in range(3000):
         r = records[i % len(records)]
         fused = " ".join(rng.choice(pieces) for _ in range(rng.randrange(1, 12)))
         if rng.random() < 0.5:
             fused = r["capsfuion_official"] + " " + fused
-        raw = rng.choice([r["laion_2b"], fused, fused.upper() + " \u2013", fused.replace(" ", "\u00a0"),
+        raw = rng.choice([r["laion_2b"], fused, fused.upper() + " \u2013", fused.replace(" ", "\u00a0"), fused.casefold(),
+                          unicodedata.normalize("NFD", fused), fused.replace("é", "É"),
                           "ﬁ" + fused, bench._fullwidth(fused), fused.replace("fi", "ﬁ"), None])
         cases.append((fused, raw, r["laion_coco"], rng.choice(["eos", "length", None])))
     return cases
@@ -65,3 +69,10 @@ def test_nulls_and_empty_columns():
     cases = [(None, None, None, None), ("", "", "", "eos"), ("A cat sleeps on a red sofa.", None, None, None)]
     _assert_same_as_judge(cases, DEFAULT_RULES)
     assert judge_column(*[pa.array([], pa.string())] * 4, DEFAULT_RULES) == []
+
+
+def test_non_ascii_letters_count_as_characters_not_bytes():
+    cases = [("éé éé éé", None, None, "eos"), ("ééé ééé ééé", None, None, "eos"), ("кот и кот", None, None, "eos"),
+             ("Un café crème à Paris, près de la gare.", "un café crème à paris près de la gare", None, "eos")]
+    flags = _assert_same_as_judge(cases, DEFAULT_RULES)
+    assert flags[1] == CLEAR  # screened, not sent to judge
