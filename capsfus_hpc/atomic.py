@@ -57,8 +57,17 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+def atomic_write_bytes(path: Path, data: bytes, midway: Callable[[], None] | None = None) -> None:
+    """`midway` runs with half the bytes written: where fault tests crash a write."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            handle.write(data[: len(data) // 2])
+            if midway:
+                handle.flush()
+                midway()
+            handle.write(data[len(data) // 2:])
+
+    atomic_write(path, write)
 
 
 def atomic_write_json(path: Path, document: Any) -> None:

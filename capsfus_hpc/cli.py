@@ -18,6 +18,7 @@ from . import __version__
 from .columns import ColumnMapping
 from .display import plan_document, plan_text, row_progress, safe, stats_table, status_table
 from .errors import CapsfusError
+from .permissions import restrict_umask
 from .launch import prepare_slurm, submit_local, submit_plan, validate_plan
 from .manifest import DEFAULT_ROWS_PER_SHARD, build_manifest
 from . import options as opt
@@ -376,4 +377,5 @@ def version():
 
 
 def main() -> None:
+    restrict_umask()  # run folders, logs and job pickles: nobody else may write them
     app()

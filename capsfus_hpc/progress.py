@@ -7,10 +7,11 @@ an orphan of a crash and is overwritten when its chunk is redone.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .atomic import atomic_write_json
+from .atomic import atomic_write_bytes
 from .errors import CapsfusError
 from .manifest import Shard
 
@@ -108,5 +109,6 @@ def read_progress(path: Path) -> ProgressRecord | None:
         raise CapsfusError(f"{path}: damaged progress record ({exc})") from exc
 
 
-def write_progress(path: Path, record: ProgressRecord) -> None:
-    atomic_write_json(path, record.as_dict())
+def write_progress(path: Path, record: ProgressRecord, midway: Callable[[], None] | None = None) -> None:
+    text = json.dumps(record.as_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"), midway)

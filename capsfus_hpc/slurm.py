@@ -18,6 +18,7 @@ import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
 from .errors import CapsfusError
+from .permissions import guard_command
 
 JOB_NAME = "capsfus"
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default, for a dry run away from any cluster
@@ -98,7 +99,7 @@ def slurm_parameters(spec: ArraySpec) -> dict:
         "constraint": options.constraint,
         "signal_delay_s": options.signal_delay_s,
         "dependency": spec.dependency,
-        "setup": [f"export {SIGNAL_DELAY_ENV}={options.signal_delay_s}",
+        "setup": [guard_command(spec.folder), f"export {SIGNAL_DELAY_ENV}={options.signal_delay_s}",
                   f"export {MAX_REQUEUES_ENV}={options.max_requeues}"],
         "additional_parameters": extra_parameters(options.extra) or None,
     }

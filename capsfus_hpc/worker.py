@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__, faults
+from .permissions import check_folders, restrict_umask
 from .atomic import atomic_write_bytes, sha256_bytes
 from .columns import (
     COMPLETION_TOKENS, DETAIL, FINISH_REASON, FUSED_CAPTION, INPUT_ERROR, PROMPT_TOKENS, REASON, ROW_ID,
@@ -129,10 +130,13 @@ def commit_chunk(paths: RunPaths, record: ProgressRecord, table: pa.Table, secon
     )
     # Commit order, the contract resume relies on: the part file is durable under its final
     # name (temp, fsync, rename, fsync dir) BEFORE the progress record naming it is replaced
-    # the same way. A crash in between leaves an orphan part that the redo overwrites.
-    atomic_write_bytes(paths.part(record.shard, index), data)
+    # the same way. A crash in between leaves an orphan part that the redo overwrites; a crash
+    # mid-write leaves a temporary file that the next attempt on the shard removes.
+    atomic_write_bytes(paths.part(record.shard, index), data, midway=lambda: faults.reached("part_write"))
+    faults.reached("part_renamed")
     record = record.with_chunk(chunk)
-    write_progress(paths.progress(record.shard), record)
+    write_progress(paths.progress(record.shard), record, midway=lambda: faults.reached("progress_write"))
+    faults.reached("progress_written")
     return record
 
 
@@ -165,6 +169,8 @@ def run_shard(paths: RunPaths, settings: RunSettings, manifest: Manifest, shard_
     if record.done:
         log.info("shard %d: already done", shard_id)
         return record
+    for leftover in paths.shard_dir(shard_id).glob(".*.tmp"):  # of an attempt killed mid-write
+        leftover.unlink(missing_ok=True)
     record = record.with_attempt(Attempt(time.time(), socket.gethostname(), os.getpid(), _job_id(), restart_count()))
     write_progress(paths.progress(shard_id), record)
     committed = 0
@@ -231,6 +237,8 @@ def run_shards(run_dir: str, shard_ids: list[int]) -> dict[int, int]:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     paths = RunPaths(Path(run_dir))
+    restrict_umask()
+    check_folders(paths.root, paths.shards, paths.logs)
     settings, manifest = load_run(paths)
     if settings.package_version != __version__:
         log.warning("run.json was written by capsfus-hpc %s; this is %s", settings.package_version, __version__)

@@ -21,6 +21,7 @@
 #SBATCH --wckey=submitit
 
 # setup
+for d in '/runs/odd it'"'"'s; "quoted" $HOME/logs' '/runs/odd it'"'"'s; "quoted" $HOME'; do if [ -n "$(find "$d" -maxdepth 0 -perm /022)" ]; then echo "capsfus-hpc: refusing to start: $d is writable by group or others; run: chmod go-w $d" >&2; exit 3; fi; done
 export CAPSFUS_SIGNAL_DELAY_S=180
 export CAPSFUS_MAX_REQUEUES=3
 

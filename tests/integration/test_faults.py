@@ -1,0 +1,93 @@
+"""Faults injected at exact points of a worker (CAPSFUS_FAULT=crash_at:STEP@N): whatever the
+point, a restart and a reduce give the same bytes as an undisturbed run."""
+
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+from capsfus_hpc.faults import CRASH_STEPS, FAULT_ENV
+from capsfus_hpc.progress import read_progress
+from capsfus_hpc.reduce import ReduceOptions, reduce_run
+
+from ..conftest import EXAMPLES_5K, REPO, make_run, run_with_official_captions, with_urls, write_parquet
+
+ROWS, CHUNK_ROWS, WINDOW_ROWS = 96, 16, 8  # 6 chunks of 2 windows each
+# The worker as a separate process, so SIGKILL takes it down for real; the model is replaced by
+# the released captions so the bytes depend only on what was committed.
+# (conftest's ReplayEngine, without importing torch: a third of a second to start, not five.)
+WORKER = """
+import json, sys
+from pathlib import Path
+from types import SimpleNamespace
+from capsfus_hpc.paths import RunPaths
+from capsfus_hpc.settings import load_run
+from capsfus_hpc.worker import run_shard
+official = {(r["laion_2b"], r["laion_coco"]): r["capsfuion_official"] for r in json.loads(Path(sys.argv[2]).read_text())}
+class Replay:
+    def fuse(self, pairs, before_batch=None):
+        return [SimpleNamespace(fused_caption=official[p], finish_reason="eos", prompt_tokens=100, completion_tokens=30)
+                for p in pairs]
+paths = RunPaths(Path(sys.argv[1]))
+settings, manifest = load_run(paths)
+engine = Replay()
+run_shard(paths, settings, manifest, 0, lambda: engine)
+"""
+
+
+def _points(seed: int = 20261121) -> list[tuple[str, int]]:
+    rng = random.Random(seed)
+    points = [("window", n) for n in sorted(rng.sample(range(1, 2 * ROWS // CHUNK_ROWS + 1), 6))]
+    for step in CRASH_STEPS[1:]:
+        points += [(step, n) for n in sorted(rng.sample(range(1, ROWS // CHUNK_ROWS + 1), 4))]
+    return points
+
+
+POINTS = _points()
+
+
+def _data_bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.parquet"))}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory, real_records):
+    folder = tmp_path_factory.mktemp("faults")
+    rows = with_urls(real_records[:ROWS], duplicate_every=7)
+    rows[5]["laion_2b"] = None
+    return write_parquet(folder / "in.parquet", rows, row_group_rows=16)
+
+
+@pytest.fixture(scope="module")
+def clean_dataset(tmp_path_factory, source, smoke_model, real_records):
+    folder = tmp_path_factory.mktemp("clean")
+    paths = make_run(folder, [source], smoke_model, rows_per_shard=ROWS, chunk_rows=CHUNK_ROWS, window_rows=WINDOW_ROWS)
+    run_with_official_captions(paths, real_records)
+    reduce_run(paths, folder / "final", ReduceOptions(), workers=1)
+    return _data_bytes(folder / "final")
+
+
+def test_there_are_at_least_20_points_covering_every_step():
+    assert len(POINTS) >= 20 and {step for step, _ in POINTS} == set(CRASH_STEPS)
+
+
+@pytest.mark.parametrize("step, count", POINTS, ids=[f"{s}@{n}" for s, n in POINTS])
+def test_sigkill_at_a_point_then_restart_gives_the_clean_bytes(tmp_path, source, smoke_model, real_records,
+                                                                clean_dataset, step, count):
+    paths = make_run(tmp_path, [source], smoke_model, rows_per_shard=ROWS, chunk_rows=CHUNK_ROWS,
+                     window_rows=WINDOW_ROWS)
+    crashed = subprocess.run([sys.executable, "-c", WORKER, str(paths.root), str(EXAMPLES_5K)], cwd=REPO,
+                             env={**os.environ, FAULT_ENV: f"crash_at:{step}@{count}"}, capture_output=True, text=True)
+    assert crashed.returncode == -9, crashed.stderr[-2000:]
+    record = read_progress(paths.progress(0))
+    assert record is not None and not record.done
+    committed = {"part_renamed": count - 1, "progress_write": count - 1, "progress_written": count}.get(step)
+    if committed is not None:
+        assert len(record.chunks) == committed  # the crash landed exactly where it was asked to
+
+    run_with_official_captions(paths, real_records)  # the restart
+    assert not list(paths.shard_dir(0).glob(".*.tmp")), "a killed write's temporary file is cleaned up"
+    reduce_run(paths, tmp_path / "final", ReduceOptions(), workers=1)
+    assert _data_bytes(tmp_path / "final") == clean_dataset
