@@ -252,20 +252,24 @@ def status(
     as_json: opt.JsonFlag = False,
     watch: Annotated[Optional[float], typer.Option("--watch", help="Refresh in place every N seconds until done "
                                                    "(Ctrl-C stops).", show_default=False)] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Also check every committed part against its checksum "
+                                         "(reads them all); damaged shards show as damaged.")] = False,
 ):
-    """Per-shard rows done, state (pending, running, done, failed), SLURM job and state, requeues, rate and ETA.
+    """Per-shard rows done, state (pending, running, done, failed, damaged), SLURM job and state, requeues, rate and ETA.
 
     Example: capsfus-hpc status runs/laion --json
+
+    Example: capsfus-hpc status runs/laion --verify
     """
     paths = RunPaths(run_dir)
     _, manifest = load_run(paths)
 
     def table():
-        run_status = gather_status(paths, manifest)
+        run_status = gather_status(paths, manifest, verify=verify)
         return run_status, status_table(run_status, f"run {paths.root}", _log_tails(paths, run_status))
 
     if as_json:
-        run_status = gather_status(paths, manifest)
+        run_status = gather_status(paths, manifest, verify=verify)
         print_json({**run_status.as_dict(), "log_tails": _log_tails(paths, run_status)})
         return
     if watch is None:

@@ -15,10 +15,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .status import DONE, FAILED, RUNNING, RunStatus
+from .status import DAMAGED, DONE, FAILED, RUNNING, RunStatus
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_STATE_STYLE = {DONE: "green", RUNNING: "cyan", FAILED: "red"}
+_STATE_STYLE = {DONE: "green", RUNNING: "cyan", FAILED: "red", DAMAGED: "magenta"}
 
 
 def safe(text: object) -> str:

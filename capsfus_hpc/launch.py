@@ -98,7 +98,7 @@ def submit_local(paths: RunPaths, shards_per_task: int = 1, workers: int = 1,
                  on_poll: Callable[[], None] | None = None) -> tuple[list[int], list[TaskOutcome]]:
     """Run every shard of the run folder that is not done or running; returns (shards, outcomes)."""
     _, manifest = load_run(paths)
-    shard_ids = shards_to_run(gather_status(paths, manifest, slurm=False))
+    shard_ids = shards_to_run(gather_status(paths, manifest, slurm=False, verify=True))
     return shard_ids, run_local(paths, group_shards(shard_ids, shards_per_task), workers, on_poll=on_poll)
 
 
@@ -141,7 +141,7 @@ def prepare_slurm(paths: RunPaths, manifest_path: Path, options: SlurmOptions, s
     """The plan for what is left of a run (a run folder not created yet: all of it), and whether
     SLURM answered; away from a cluster (a dry run on a laptop) SLURM's default MaxArraySize is assumed."""
     manifest = load_manifest(manifest_path)
-    status = gather_status(paths, manifest) if paths.run_config.exists() else derive_status(manifest, {}, {})
+    status = gather_status(paths, manifest, verify=True) if paths.run_config.exists() else derive_status(manifest, {}, {})
     reachable = slurm_reachable()
     max_tasks = max_array_size() if reachable else DEFAULT_MAX_ARRAY_SIZE
     return plan_slurm(paths, status, options, shards_per_task, max_tasks, samples_per_s, then_reduce), reachable

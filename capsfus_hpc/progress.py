@@ -81,6 +81,14 @@ class ProgressRecord:
             raise ValueError(f"chunk {chunk.index} does not follow the committed rows of shard {self.shard}")
         return replace(self, chunks=(*self.chunks, chunk))
 
+    def with_chunk_replaced(self, chunk: ChunkRecord) -> "ProgressRecord":
+        """The record with a regenerated chunk in place of the one with its index and rows."""
+        old = self.chunks[chunk.index]
+        if (old.row_id_start, old.row_id_stop) != (chunk.row_id_start, chunk.row_id_stop):
+            raise ValueError(f"chunk {chunk.index} of shard {self.shard} must keep rows {old.row_id_start}-"
+                             f"{old.row_id_stop - 1}")
+        return replace(self, chunks=(*self.chunks[:chunk.index], chunk, *self.chunks[chunk.index + 1:]))
+
     def with_attempt(self, attempt: Attempt) -> "ProgressRecord":
         return replace(self, attempts=(*self.attempts, attempt))
 

@@ -22,7 +22,7 @@ from .progress import ChunkRecord, ProgressRecord
 from .status import DONE, RunStatus
 
 MISSING = "is missing"
-DAMAGED = "does not match its checksum in the progress record (damaged on disk?)"
+DAMAGED = "does not match its checksum in the progress record (damaged on disk?); `resume` regenerates it"
 
 
 @dataclass(frozen=True)

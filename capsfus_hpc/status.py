@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import ledger, scheduler
+from .integrity import damage_report, damaged_chunks
 from .manifest import Manifest
 from .paths import RunPaths
 from .progress import ProgressRecord, read_progress
@@ -21,7 +22,8 @@ PENDING = "pending"
 RUNNING = "running"
 DONE = "done"
 FAILED = "failed"
-STATES = (PENDING, RUNNING, DONE, FAILED)
+DAMAGED = "damaged"  # done, but a committed part no longer matches its checksum (status --verify)
+STATES = (PENDING, RUNNING, DONE, FAILED, DAMAGED)
 
 
 @dataclass(frozen=True)
@@ -84,13 +86,16 @@ def _shard_state(record: ProgressRecord | None, task: TaskState | None) -> tuple
 
 
 def derive_status(manifest: Manifest, records: dict[int, ProgressRecord], tasks: dict[int, TaskState],
-                  note: str | None = None) -> RunStatus:
-    """The state of every shard from plain data: progress records and what the scheduler says."""
+                  note: str | None = None, damaged: dict[int, str] | None = None) -> RunStatus:
+    """The state of every shard from plain data: progress records, what the scheduler says, and
+    (when parts were verified) which shards hold damaged parts."""
     shards = []
     for shard in manifest.shards:
         record = records.get(shard.id)
         task = tasks.get(shard.id)
         state, error = _shard_state(record, task)
+        if damaged and shard.id in damaged and state != RUNNING:
+            state, error = DAMAGED, damaged[shard.id]
         rows_done = record.rows_done if record else 0
         seconds = sum(c.seconds for c in record.chunks) if record else 0.0
         rate = rows_done / seconds if seconds > 0 else None
@@ -145,12 +150,18 @@ def _alive(pid: int) -> bool:
 
 
 def gather_status(paths: RunPaths, manifest: Manifest, slurm: bool | None = None,
-                  records: dict[int, ProgressRecord] | None = None) -> RunStatus:
+                  records: dict[int, ProgressRecord] | None = None, verify: bool = False) -> RunStatus:
     """Status of a run from its folder (or the records already read from it), joined with SLURM
-    when the run has submitted jobs."""
+    when the run has submitted jobs; with verify, every committed part is checked against its
+    checksum (reads them all)."""
     records = read_records(paths, manifest) if records is None else records
+    damaged = {}
+    if verify:
+        for shard_id, record in records.items():
+            if bad := damaged_chunks(paths, record):
+                damaged[shard_id] = damage_report(paths, record, bad)
     tasks = local_tasks(records)
     entries = ledger.read(paths.ledger)
     view = scheduler.query(entries) if entries and slurm is not False else scheduler.SchedulerView()
     tasks.update(view.tasks)
-    return derive_status(manifest, records, tasks, view.note)
+    return derive_status(manifest, records, tasks, view.note, damaged)

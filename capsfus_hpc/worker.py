@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__, faults
+from .integrity import damaged_chunks
 from .permissions import check_folders, restrict_umask
 from .atomic import atomic_write_bytes, sha256_bytes
 from .columns import (
@@ -116,12 +117,15 @@ def fuse_chunk(table: pa.Table, row_id_start: int, columns: ColumnMapping, max_c
     return table
 
 
-def commit_chunk(paths: RunPaths, record: ProgressRecord, table: pa.Table, seconds: float) -> ProgressRecord:
-    """Make one chunk durable and return the progress record that now names it."""
+def commit_chunk(paths: RunPaths, record: ProgressRecord, table: pa.Table, seconds: float,
+                 index: int | None = None) -> ProgressRecord:
+    """Make one chunk durable and return the progress record that now names it: the next chunk,
+    or with `index`, a regenerated chunk in place of a damaged one."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     data = sink.getvalue().to_pybytes()
-    index = len(record.chunks)
+    replacing = index is not None
+    index = len(record.chunks) if index is None else index
     row_ids = table.column(ROW_ID)
     chunk = ChunkRecord(
         index=index, row_id_start=row_ids[0].as_py(), row_id_stop=row_ids[-1].as_py() + 1,
@@ -134,7 +138,7 @@ def commit_chunk(paths: RunPaths, record: ProgressRecord, table: pa.Table, secon
     # mid-write leaves a temporary file that the next attempt on the shard removes.
     atomic_write_bytes(paths.part(record.shard, index), data, midway=lambda: faults.reached("part_write"))
     faults.reached("part_renamed")
-    record = record.with_chunk(chunk)
+    record = record.with_chunk_replaced(chunk) if replacing else record.with_chunk(chunk)
     write_progress(paths.progress(record.shard), record, midway=lambda: faults.reached("progress_write"))
     faults.reached("progress_written")
     return record
@@ -166,7 +170,8 @@ def run_shard(paths: RunPaths, settings: RunSettings, manifest: Manifest, shard_
               stop: StopRequest = NEVER_STOP) -> ProgressRecord:
     shard = manifest.shard(shard_id)
     record = read_progress(paths.progress(shard_id)) or ProgressRecord.new(shard)
-    if record.done:
+    damaged = damaged_chunks(paths, record)
+    if record.done and not damaged:
         log.info("shard %d: already done", shard_id)
         return record
     for leftover in paths.shard_dir(shard_id).glob(".*.tmp"):  # of an attempt killed mid-write
@@ -179,6 +184,14 @@ def run_shard(paths: RunPaths, settings: RunSettings, manifest: Manifest, shard_
         verify_input(input_file)
         reader = ShardReader(Path(input_file.path))
         offset = input_file.row_id_start
+        for chunk in damaged:  # regenerated first, rows and batches as the first time
+            log.warning("shard %d chunk %d: part damaged on disk; regenerating rows %d-%d", shard_id, chunk.index,
+                        chunk.row_id_start, chunk.row_id_stop)
+            began = time.perf_counter()
+            table = reader.read(chunk.row_id_start - offset, chunk.row_id_stop - offset)
+            cuts = windows(chunk.row_id_start, chunk.row_id_stop, record.row_id_start, settings.window_rows)
+            fused = fuse_chunk(table, chunk.row_id_start, manifest.columns, settings.max_caption_chars, engine, cuts)
+            record = commit_chunk(paths, record, fused, time.perf_counter() - began, index=chunk.index)
         for start, stop_row in chunk_ranges(record, settings.chunk_rows):
             if stop.requested and committed:
                 break

@@ -3,7 +3,7 @@ from capsfus_hpc.fingerprint import Fingerprint
 from capsfus_hpc.manifest import InputFile, Manifest, Shard
 from capsfus_hpc.progress import Attempt, ChunkRecord, ProgressRecord
 from capsfus_hpc.scheduler import GONE, TaskState
-from capsfus_hpc.status import DONE, FAILED, PENDING, RUNNING, derive_status
+from capsfus_hpc.status import DAMAGED, DONE, FAILED, PENDING, RUNNING, derive_status
 
 SCHEDULER_RUNNING, SCHEDULER_PENDING, SCHEDULER_GONE = (TaskState("7_1", "RUNNING"), TaskState("7_1", "PENDING"),
                                                          TaskState("99", GONE))
@@ -36,9 +36,16 @@ def test_each_state_is_derived_from_plain_data():
         0: (DONE, None), 1: (RUNNING, None), 2: (FAILED, "input a.parquet was deleted"),
         3: (FAILED, "the worker process died without reporting (killed or crashed)"), 4: (PENDING, None),
     }
-    assert status.counts == {PENDING: 1, RUNNING: 1, DONE: 1, FAILED: 2}
+    assert status.counts == {PENDING: 1, RUNNING: 1, DONE: 1, FAILED: 2, DAMAGED: 0}
     assert (status.rows_done, status.rows_total, status.ok_rows) == (250, 500, 245)
     assert not status.complete
+
+
+def test_a_verified_damaged_part_makes_a_done_shard_damaged_but_not_a_running_one():
+    records = {0: _record(0, 2, FINISHED), 1: _record(1, 1, OPEN)}
+    status = derive_status(MANIFEST, records, {1: SCHEDULER_RUNNING}, damaged={0: "chunk 1 ...", 1: "chunk 0 ..."})
+    assert [(s.state, s.error) for s in status.shards[:2]] == [(DAMAGED, "chunk 1 ..."), (RUNNING, None)]
+    assert status.counts[DAMAGED] == 1 and not status.complete
 
 
 def test_rate_and_eta_come_from_chunk_timings():

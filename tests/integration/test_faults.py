@@ -1,6 +1,8 @@
-"""Faults injected at exact points of a worker (CAPSFUS_FAULT=crash_at:STEP@N): whatever the
-point, a restart and a reduce give the same bytes as an undisturbed run."""
+"""Faults injected and survived: SIGKILL at exact points of a worker (CAPSFUS_FAULT=crash_at:STEP@N),
+parts damaged on disk, an input deleted. Whatever happened, a restart (or resume) and a reduce
+give the same bytes as an undisturbed run."""
 
+import json
 import os
 import random
 import subprocess
@@ -9,10 +11,12 @@ import sys
 import pytest
 
 from capsfus_hpc.faults import CRASH_STEPS, FAULT_ENV
+from capsfus_hpc.paths import RunPaths
 from capsfus_hpc.progress import read_progress
 from capsfus_hpc.reduce import ReduceOptions, reduce_run
 
 from ..conftest import EXAMPLES_5K, REPO, make_run, run_with_official_captions, with_urls, write_parquet
+from ..test_cli import capsfus
 
 ROWS, CHUNK_ROWS, WINDOW_ROWS = 96, 16, 8  # 6 chunks of 2 windows each
 # The worker as a separate process, so SIGKILL takes it down for real; the model is replaced by
@@ -91,3 +95,51 @@ def test_sigkill_at_a_point_then_restart_gives_the_clean_bytes(tmp_path, source,
     assert not list(paths.shard_dir(0).glob(".*.tmp")), "a killed write's temporary file is cleaned up"
     reduce_run(paths, tmp_path / "final", ReduceOptions(), workers=1)
     assert _data_bytes(tmp_path / "final") == clean_dataset
+
+
+def _flip_a_bit(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_parts_are_found_by_checksum_and_only_they_are_regenerated(tmp_path, source, smoke_model):
+    manifest, run = tmp_path / "m.json", tmp_path / "run"
+    capsfus("manifest", "build", source, "-o", manifest, "--rows-per-shard", ROWS)
+    capsfus("submit", manifest, "-o", run, "--model", smoke_model, "--local", "--greedy", "--max-new-tokens", 8,
+            "--chunk-rows", CHUNK_ROWS, "--window-rows", WINDOW_ROWS)
+    capsfus("reduce", run, "--final", tmp_path / "before")
+    paths = RunPaths(run)
+    parts = sorted(paths.shard_dir(0).glob("part-*.parquet"))
+    assert len(parts) == ROWS // CHUNK_ROWS
+    _flip_a_bit(parts[2], 100)
+    parts[4].write_bytes(parts[4].read_bytes()[:-7])  # truncated
+    untouched = {p.name: p.stat().st_mtime_ns for i, p in enumerate(parts) if i not in (2, 4)}
+
+    assert json.loads(capsfus("status", run, "--json").stdout)["shards"][0]["state"] == "done"  # no reading without --verify
+    [shard] = json.loads(capsfus("status", run, "--json", "--verify").stdout)["shards"]
+    assert shard["state"] == "damaged"
+    assert "chunk 2 (rows 32-47), chunk 4 (rows 64-79) of shard 0" in shard["error"] and "resume" in shard["error"]
+    refused = capsfus("reduce", run, "--final", tmp_path / "refused", check=False)
+    assert refused.returncode == 1 and "shard 0 chunk 4: part" in refused.stderr  # by size, before any checksum
+    assert "does not match its checksum" in refused.stderr and "`resume` regenerates it" in refused.stderr
+
+    capsfus("resume", run, "--local")
+    assert {p.name: p.stat().st_mtime_ns for p in parts if p.name in untouched} == untouched
+    assert json.loads(capsfus("status", run, "--json", "--verify").stdout)["shards"][0]["state"] == "done"
+    capsfus("reduce", run, "--final", tmp_path / "after")
+    assert _data_bytes(tmp_path / "after") == _data_bytes(tmp_path / "before")
+
+
+def test_a_deleted_input_fails_its_shards_by_name_and_the_others_finish(tmp_path, real_records, smoke_model):
+    kept = write_parquet(tmp_path / "kept.parquet", with_urls(real_records[:8]))
+    lost = write_parquet(tmp_path / "lost.parquet", with_urls(real_records[8:16]))
+    manifest, run = tmp_path / "m.json", tmp_path / "run"
+    capsfus("manifest", "build", kept, lost, "-o", manifest, "--rows-per-shard", 4)
+    lost.unlink()
+    result = capsfus("submit", manifest, "-o", run, "--model", smoke_model, "--local", "--greedy",
+                     "--max-new-tokens", 4, check=False)
+    assert result.returncode == 1 and str(lost) in result.stderr
+    shards = json.loads(capsfus("status", run, "--json").stdout)["shards"]
+    assert [s["state"] for s in shards] == ["done", "done", "failed", "failed"]
+    assert all(f"input {lost} was deleted since the manifest was built" in s["error"] for s in shards[2:])
