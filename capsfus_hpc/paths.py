@@ -13,6 +13,7 @@ class RunPaths:
     DIR/run.json                               frozen settings (settings.py)
     DIR/shards/00012/part-00003.parquet        committed chunk 3 of shard 12 (worker.py)
     DIR/shards/00012/progress.json             commit record of shard 12 (progress.py)
+    DIR/shards/00012/lease.json                who may write shard 12 now (lease.py)
     DIR/logs/<job id>_<task>_log.{out,err}      task logs written by submitit (launch.py, slurm.py)
     DIR/jobs.jsonl                             ledger of SLURM submissions (ledger.py)
     """
@@ -38,6 +39,9 @@ class RunPaths:
 
     def progress(self, shard: int) -> Path:
         return self.shard_dir(shard) / "progress.json"
+
+    def lease(self, shard: int) -> Path:
+        return self.shard_dir(shard) / "lease.json"
 
     @property
     def logs(self) -> Path:

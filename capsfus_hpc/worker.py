@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from . import __version__, faults
 from .integrity import damaged_chunks
+from .lease import LeaseLost, ShardLease
 from .permissions import check_folders, restrict_umask
 from .atomic import atomic_write_bytes, sha256_bytes
 from .columns import (
@@ -168,11 +169,24 @@ def _job_id() -> str | None:
 
 def run_shard(paths: RunPaths, settings: RunSettings, manifest: Manifest, shard_id: int, engine: Callable,
               stop: StopRequest = NEVER_STOP) -> ProgressRecord:
+    record = read_progress(paths.progress(shard_id)) or ProgressRecord.new(manifest.shard(shard_id))
+    if record.done and not damaged_chunks(paths, record):
+        log.info("shard %d: already done", shard_id)
+        return record
+    # Nothing of the shard is touched before the lease is ours: a second writer leaves here.
+    lease = ShardLease(paths.lease(shard_id), shard_id, _job_id()).acquire()
+    try:
+        return _run_leased(paths, settings, manifest, shard_id, engine, stop, lease)
+    finally:
+        lease.release()
+
+
+def _run_leased(paths: RunPaths, settings: RunSettings, manifest: Manifest, shard_id: int, engine: Callable,
+                stop: StopRequest, lease: ShardLease) -> ProgressRecord:
     shard = manifest.shard(shard_id)
-    record = read_progress(paths.progress(shard_id)) or ProgressRecord.new(shard)
+    record = read_progress(paths.progress(shard_id)) or ProgressRecord.new(shard)  # again, under the lease
     damaged = damaged_chunks(paths, record)
     if record.done and not damaged:
-        log.info("shard %d: already done", shard_id)
         return record
     for leftover in paths.shard_dir(shard_id).glob(".*.tmp"):  # of an attempt killed mid-write
         leftover.unlink(missing_ok=True)
@@ -191,6 +205,7 @@ def run_shard(paths: RunPaths, settings: RunSettings, manifest: Manifest, shard_
             table = reader.read(chunk.row_id_start - offset, chunk.row_id_stop - offset)
             cuts = windows(chunk.row_id_start, chunk.row_id_stop, record.row_id_start, settings.window_rows)
             fused = fuse_chunk(table, chunk.row_id_start, manifest.columns, settings.max_caption_chars, engine, cuts)
+            lease.renew()
             record = commit_chunk(paths, record, fused, time.perf_counter() - began, index=chunk.index)
         for start, stop_row in chunk_ranges(record, settings.chunk_rows):
             if stop.requested and committed:
@@ -202,11 +217,14 @@ def run_shard(paths: RunPaths, settings: RunSettings, manifest: Manifest, shard_
                                started=committed > 0)
             if fused.num_rows == 0:
                 break
+            lease.renew()  # raises if another writer took the shard over: nothing more is committed
             record = commit_chunk(paths, record, fused, time.perf_counter() - began)
             committed += fused.num_rows
             chunk = record.chunks[-1]
             log.info("shard %d chunk %d: rows %d-%d, %d ok, %.1f s", shard_id, chunk.index,
                      chunk.row_id_start, chunk.row_id_stop, chunk.ok_rows, chunk.seconds)
+    except LeaseLost:
+        raise  # the record is the new holder's now
     except BaseException as exc:
         message = str(exc) if isinstance(exc, CapsfusError) else f"{type(exc).__name__}: {exc}"
         write_progress(paths.progress(shard_id), record.with_attempt_ended(time.time(), message or type(exc).__name__))

@@ -143,3 +143,21 @@ def test_a_deleted_input_fails_its_shards_by_name_and_the_others_finish(tmp_path
     shards = json.loads(capsfus("status", run, "--json").stdout)["shards"]
     assert [s["state"] for s in shards] == ["done", "done", "failed", "failed"]
     assert all(f"input {lost} was deleted since the manifest was built" in s["error"] for s in shards[2:])
+
+
+def test_the_same_shard_started_twice_has_one_writer(tmp_path, source, smoke_model, real_records, clean_dataset):
+    paths = make_run(tmp_path, [source], smoke_model, rows_per_shard=ROWS, chunk_rows=CHUNK_ROWS,
+                     window_rows=WINDOW_ROWS)
+    first = subprocess.Popen([sys.executable, "-c", WORKER, str(paths.root), str(EXAMPLES_5K)], cwd=REPO,
+                             env={**os.environ, FAULT_ENV: "sleep_per_window:0.3"}, stderr=subprocess.PIPE, text=True)
+    while not paths.lease(0).exists():
+        assert first.poll() is None, first.stderr.read()
+    second = subprocess.run([sys.executable, "-c", WORKER, str(paths.root), str(EXAMPLES_5K)], cwd=REPO,
+                            capture_output=True, text=True)
+    assert second.returncode == 1 and "shard 0 is being written by" in second.stderr
+    assert first.wait() == 0, first.stderr.read()
+    record = read_progress(paths.progress(0))
+    assert record.done and len(record.attempts) == 1  # the refused writer wrote nothing
+    assert not paths.lease(0).exists()
+    reduce_run(paths, tmp_path / "final", ReduceOptions(), workers=1)
+    assert _data_bytes(tmp_path / "final") == clean_dataset

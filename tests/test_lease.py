@@ -1,0 +1,39 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from capsfus_hpc.errors import CapsfusError
+from capsfus_hpc.lease import TIMEOUT_ENV, LeaseLost, ShardLease
+
+
+def test_a_held_lease_is_refused_with_its_holder(tmp_path):
+    first = ShardLease(tmp_path / "lease.json", 3, "77_1").acquire()
+    with pytest.raises(CapsfusError, match=r"shard 3 is being written by job 77_1 on .* \(pid \d+, heartbeat 0 s ago\)"):
+        ShardLease(tmp_path / "lease.json", 3, "78_0").acquire()
+    first.renew()
+    first.release()
+    ShardLease(tmp_path / "lease.json", 3, "78_0").acquire()
+
+
+def test_a_stale_lease_is_taken_over_and_its_old_holder_stops(tmp_path, monkeypatch):
+    old = ShardLease(tmp_path / "lease.json", 0, "1").acquire()
+    monkeypatch.setenv(TIMEOUT_ENV, "0")
+    new = ShardLease(tmp_path / "lease.json", 0, "2")
+    new.mine = type(new.mine)(**{**new.mine.__dict__, "pid": new.mine.pid + 1})  # another writer
+    new.acquire()
+    assert json.loads((tmp_path / "lease.json").read_text())["job_id"] == "2"
+    with pytest.raises(LeaseLost, match="taken over by job 2"):
+        old.renew()
+    old.release()  # not its own any more: left in place
+    assert (tmp_path / "lease.json").exists() and not list(tmp_path.glob("*.stale-*"))
+
+
+def test_the_lease_of_a_dead_process_on_this_host_is_stale_at_once(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path = tmp_path / "lease.json"
+    lease = ShardLease(path, 0, "9")
+    path.write_text(json.dumps({**lease.mine.__dict__, "pid": int(dead.stdout)}))
+    lease.acquire()
+    assert json.loads(path.read_text())["pid"] == lease.mine.pid
