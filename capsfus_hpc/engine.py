@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
+from . import faults
 from .prompt import PromptBuilder
 from .settings import RunSettings
 
@@ -84,18 +85,33 @@ class FusionEngine:
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[Fusion | None] = [None] * len(encoded)
         last_seconds = None
-        for begin in range(0, len(order), self.batch_size):
+        begin = 0
+        while begin < len(order):
             if before_batch:
                 before_batch(last_seconds)
             started = time.perf_counter()
             batch = order[begin : begin + self.batch_size]
-            for index, fusion in zip(batch, self._generate([encoded[i] for i in batch])):
+            try:
+                fusions = self._generate([encoded[i] for i in batch])
+            except torch.OutOfMemoryError:
+                if len(batch) == 1:
+                    raise
+                # Halve and retry the same prompts; the size sticks (the worker records it).
+                self.batch_size = max(1, len(batch) // 2)
+                log.warning("out of GPU memory with %d prompts; batch size now %d", len(batch), self.batch_size)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            for index, fusion in zip(batch, fusions):
                 results[index] = fusion
+            begin += len(batch)
             last_seconds = time.perf_counter() - started
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
     def _generate(self, prompts: list[list[int]]) -> list[Fusion]:
+        if faults.simulated_oom(len(prompts)):
+            raise torch.OutOfMemoryError(f"CUDA out of memory with {len(prompts)} prompts (simulated by CAPSFUS_FAULT)")
         width = max(len(ids) for ids in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)

@@ -51,6 +51,7 @@ class ProgressRecord:
     row_id_stop: int
     chunks: tuple[ChunkRecord, ...] = ()
     attempts: tuple[Attempt, ...] = field(default_factory=tuple)
+    batch_size: int | None = None  # the largest batch that fit in GPU memory, once one did not
 
     @classmethod
     def new(cls, shard: Shard) -> "ProgressRecord":
@@ -104,7 +105,7 @@ class ProgressRecord:
         return cls(
             shard=data["shard"], row_id_start=data["row_id_start"], row_id_stop=data["row_id_stop"],
             chunks=tuple(ChunkRecord(**c) for c in data["chunks"]),
-            attempts=tuple(Attempt(**a) for a in data["attempts"]),
+            attempts=tuple(Attempt(**a) for a in data["attempts"]), batch_size=data.get("batch_size"),
         )
 
 

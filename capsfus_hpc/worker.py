@@ -12,23 +12,24 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__, faults
-from .integrity import damaged_chunks
-from .lease import LeaseLost, ShardLease
-from .permissions import check_folders, restrict_umask
 from .atomic import atomic_write_bytes, sha256_bytes
 from .columns import (
     COMPLETION_TOKENS, DETAIL, FINISH_REASON, FUSED_CAPTION, INPUT_ERROR, PROMPT_TOKENS, REASON, ROW_ID,
     STATUS, STATUS_INVALID, STATUS_OK, ColumnMapping,
 )
 from .errors import CapsfusError
+from .integrity import damaged_chunks
+from .lease import LeaseLost, ShardLease
 from .manifest import Manifest, verify_input
 from .paths import RunPaths
+from .permissions import check_folders, restrict_umask
 from .preemption import NEVER_STOP, StopRequest, WindowAborted, requeue_own_task, restart_count
 from .progress import Attempt, ChunkRecord, ProgressRecord, read_progress, write_progress
 from .settings import RunSettings, load_run
@@ -146,18 +147,38 @@ def commit_chunk(paths: RunPaths, record: ProgressRecord, table: pa.Table, secon
 
 
 class _LazyEngine:
-    """Loads the model on first use, once per task, so finished or all-invalid shards cost nothing."""
+    """Loads the model on first use, once per task, so finished or all-invalid shards cost nothing.
+    Holds the batch size a shard's record says fits in GPU memory, for a requeued task."""
 
     def __init__(self, settings: RunSettings):
         self.settings = settings
         self.engine = None
+        self.batch_cap: int | None = None
 
     def __call__(self):
         if self.engine is None:
             from .engine import FusionEngine
 
             self.engine = FusionEngine.load(self.settings)
+        if self.batch_cap is not None and self.engine.batch_size > self.batch_cap:
+            log.info("batch size %d, remembered from an earlier out-of-memory", self.batch_cap)
+            self.engine.batch_size = self.batch_cap
         return self.engine
+
+    def limit_batch(self, size: int) -> None:
+        self.batch_cap = size if self.batch_cap is None else min(self.batch_cap, size)
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.engine.batch_size if self.engine is not None else None
+
+
+def _remember_batch(record: ProgressRecord, engine: Callable, configured: int) -> ProgressRecord:
+    """The record with the engine's batch size, if an out-of-memory made it smaller."""
+    size = getattr(engine, "batch_size", None)
+    if size is not None and size < configured and size != record.batch_size:
+        return replace(record, batch_size=size)
+    return record
 
 
 def _job_id() -> str | None:
@@ -192,6 +213,8 @@ def _run_leased(paths: RunPaths, settings: RunSettings, manifest: Manifest, shar
         leftover.unlink(missing_ok=True)
     record = record.with_attempt(Attempt(time.time(), socket.gethostname(), os.getpid(), _job_id(), restart_count()))
     write_progress(paths.progress(shard_id), record)
+    if record.batch_size is not None and hasattr(engine, "limit_batch"):
+        engine.limit_batch(record.batch_size)
     committed = 0
     try:
         input_file = manifest.files[shard.file]
@@ -206,6 +229,7 @@ def _run_leased(paths: RunPaths, settings: RunSettings, manifest: Manifest, shar
             cuts = windows(chunk.row_id_start, chunk.row_id_stop, record.row_id_start, settings.window_rows)
             fused = fuse_chunk(table, chunk.row_id_start, manifest.columns, settings.max_caption_chars, engine, cuts)
             lease.renew()
+            record = _remember_batch(record, engine, settings.batch_size)
             record = commit_chunk(paths, record, fused, time.perf_counter() - began, index=chunk.index)
         for start, stop_row in chunk_ranges(record, settings.chunk_rows):
             if stop.requested and committed:
@@ -218,6 +242,7 @@ def _run_leased(paths: RunPaths, settings: RunSettings, manifest: Manifest, shar
             if fused.num_rows == 0:
                 break
             lease.renew()  # raises if another writer took the shard over: nothing more is committed
+            record = _remember_batch(record, engine, settings.batch_size)
             record = commit_chunk(paths, record, fused, time.perf_counter() - began)
             committed += fused.num_rows
             chunk = record.chunks[-1]

@@ -161,3 +161,24 @@ def test_the_same_shard_started_twice_has_one_writer(tmp_path, source, smoke_mod
     assert not paths.lease(0).exists()
     reduce_run(paths, tmp_path / "final", ReduceOptions(), workers=1)
     assert _data_bytes(tmp_path / "final") == clean_dataset
+
+
+def test_out_of_memory_halves_the_batch_and_a_requeued_task_keeps_the_size(tmp_path, source, smoke_model):
+    paths = make_run(tmp_path, [source], smoke_model, rows_per_shard=ROWS, chunk_rows=16, window_rows=16,
+                     batch_size=16, max_new_tokens=4)
+    work = [sys.executable, "-m", "capsfus_hpc", "work", str(paths.root), "--shard", "0"]
+    small_gpu = {**os.environ, FAULT_ENV: "oom_above:4"}
+    first = subprocess.run(work, env={**small_gpu, FAULT_ENV: "oom_above:4,crash_at:progress_written@2"},
+                           capture_output=True, text=True)
+    assert first.returncode == -9
+    # The first window holds 15 valid rows (row 5 is invalid): 15 -> 7 -> 3 prompts.
+    assert "out of GPU memory with 15 prompts; batch size now 7" in first.stderr
+    assert "out of GPU memory with 7 prompts; batch size now 3" in first.stderr
+    assert read_progress(paths.progress(0)).batch_size == 3
+
+    second = subprocess.run(work, env=small_gpu, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "batch size 3, remembered from an earlier out-of-memory" in second.stderr
+    assert "out of GPU memory" not in second.stderr  # no search again
+    record = read_progress(paths.progress(0))
+    assert record.done and record.batch_size == 3 and record.rows_done == ROWS
