@@ -182,3 +182,38 @@ def test_out_of_memory_halves_the_batch_and_a_requeued_task_keeps_the_size(tmp_p
     assert "out of GPU memory" not in second.stderr  # no search again
     record = read_progress(paths.progress(0))
     assert record.done and record.batch_size == 3 and record.rows_done == ROWS
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB tmpfs: the run folder fills it mid-run (the tests run as root, as CI does)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_fails_the_task_by_path_and_resume_completes_after_space_is_freed(
+        small_disk, source, smoke_model, real_records, clean_dataset):
+    paths = make_run(small_disk, [source], smoke_model, rows_per_shard=ROWS, chunk_rows=CHUNK_ROWS,
+                     window_rows=WINDOW_ROWS)
+    filler = small_disk / "filler"
+    stats = os.statvfs(small_disk)
+    filler.write_bytes(b"\0" * (stats.f_bavail * stats.f_frsize - 48 * 1024))  # room for a few parts only
+    full = subprocess.run([sys.executable, "-c", WORKER, str(paths.root), str(EXAMPLES_5K)], cwd=REPO,
+                          capture_output=True, text=True)
+    assert full.returncode == 1
+    assert f"no space left on the device while writing {paths.shard_dir(0)}" in full.stderr
+    record = read_progress(paths.progress(0))
+    assert 0 < len(record.chunks) < ROWS // CHUNK_ROWS
+    # The record may not have room for the error either: status then reports the task as dead.
+    assert json.loads(capsfus("status", paths.root, "--json").stdout)["shards"][0]["state"] == "failed"
+    from capsfus_hpc.integrity import damaged_chunks
+    assert damaged_chunks(paths, record) == []  # what was committed is intact
+    assert not list(paths.shard_dir(0).glob(".*.tmp"))
+
+    filler.unlink()
+    run_with_official_captions(paths, real_records)
+    reduce_run(paths, small_disk / "final", ReduceOptions(), workers=1)
+    assert _data_bytes(small_disk / "final") == clean_dataset
