@@ -188,3 +188,40 @@ def test_status_without_accounting_still_works_and_says_so(tmp_path, real_record
         restarted = subprocess.run(["slurm/dev-cluster/up"], capture_output=True, text=True,
                                    cwd=Path(__file__).resolve().parents[2])
         assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+
+
+def _node() -> str:
+    return subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True, check=True).stdout.split()[0]
+
+
+def test_a_node_lost_mid_task_comes_back_and_the_run_completes(tmp_path, real_records, smoke_model):
+    manifest = manifest_of(tmp_path, with_urls(real_records[:96]), 96)
+    options = ["--model", smoke_model, "--chunk-rows", 16, "--window-rows", 8, "--batch-size", 8,
+               "--greedy", "--max-new-tokens", 8]
+    run = tmp_path / "run"
+    slow = {**os.environ, "CAPSFUS_FAULT": "sleep_per_window:1"}
+    subprocess.run([sys.executable, "-m", "capsfus_hpc", "submit", manifest, "-o", run, *map(str, options), *map(str, CHEAP)],
+                   check=True, env=slow, capture_output=True)
+    paths, node = RunPaths(run), _node()
+    wait_until(lambda: (r := read_progress(paths.progress(0))) is not None and len(r.chunks) >= 2, 180,
+               "two committed chunks")
+    worker_pid = read_progress(paths.progress(0)).last_attempt.pid
+    # The node goes away: its daemon and everything running on it die at once, and the
+    # controller marks it DOWN, which requeues the job.
+    subprocess.run(["pkill", "-9", "-x", "slurmd"], check=True)
+    subprocess.run(["pkill", "-9", "-x", "slurmstepd"])
+    subprocess.run(["kill", "-9", str(worker_pid)])
+    try:
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", "reason=capsfus node-lost test"],
+                       check=True)
+        wait_until(lambda: status_of(run)["shards"][0]["slurm_state"] in ("PENDING", "REQUEUED", None), 60,
+                   "the task to be requeued off the lost node")
+    finally:
+        restarted = subprocess.run(["slurm/dev-cluster/up"], capture_output=True, text=True,
+                                   cwd=Path(__file__).resolve().parents[2])
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"])
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    wait_until(all_done(run), 300, "the requeued task to finish on the returned node")
+    record = read_progress(paths.progress(0))
+    assert len(record.attempts) >= 2 and record.attempts[0].ended_at is None  # the first died with its node
+    assert_same_dataset_as_an_undisturbed_run(tmp_path, run, manifest, options, 96)
