@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import functools
 import unicodedata
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from numba import njit
 
+from .atomic import atomic_write
 from .caption_rules import _GARBAGE, LENGTH_FINISH, CaptionRules, _same_words, judge, normalized
 
 CLEAR = 0
@@ -164,7 +166,24 @@ def _caption_char(code: int, words: str) -> int:
 
 @functools.cache
 def _char_tables() -> tuple[np.ndarray, np.ndarray]:
-    """(source class, caption class) of every BMP code point."""
+    """(source class, caption class) of every BMP code point: 0.7 s to compute, so kept beside
+    numba's cache, per Unicode version."""
+    cache = Path(__file__).parent / "__pycache__" / f"char_tables_{unicodedata.unidata_version}.npz"
+    try:
+        with np.load(cache) as saved:
+            return saved["sources"], saved["captions"]
+    except (OSError, KeyError, ValueError):
+        pass
+    sources, captions = _compute_char_tables()
+    try:
+        cache.parent.mkdir(exist_ok=True)
+        atomic_write(cache, lambda tmp: np.savez(open(tmp, "wb"), sources=sources, captions=captions))
+    except OSError:
+        pass  # a read-only install computes them each time
+    return sources, captions
+
+
+def _compute_char_tables() -> tuple[np.ndarray, np.ndarray]:
     sources = np.full(0x10000, _OTHER, np.uint8)
     captions = np.full(0x10000, _REFUSED, np.uint8)
     for code in range(0x80, 0x10000):
@@ -292,11 +311,13 @@ def _screen(c_off, c_dat, c_valid, length_finish, r_off, r_dat, r_valid, s_off, 
             cls = _CLASS[byte]
             is_space = (cls >> 1) & 1
             is_word = cls & 1
-            if byte >= 0xC0:  # a character's first byte decides for its other bytes
-                high_word = 1 if caption_chars[_code_at(c_dat, k, stop)] == _LETTER else 0
-            if byte >= 0x80:
+            if letters and byte >= 0x80:  # only separators otherwise: their bytes are no word
+                if byte >= 0xC0:  # a character's first byte decides for its other bytes
+                    high_word = 1 if caption_chars[_code_at(c_dat, k, stop)] == _LETTER else 0
                 is_word = high_word
-            word_chars += is_word if byte < 0x80 or byte >= 0xC0 else 0
+                word_chars += is_word if byte >= 0xC0 else 0
+            else:
+                word_chars += is_word
             reader_words += prev_space & (1 - is_space)
             prev_space = is_space
             if is_word:

@@ -52,6 +52,7 @@ class FusionEngine:
         self.num_beams = num_beams
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
+        self.min_new_tokens = 0  # benchmarks force a length so random weights cost what real ones do
         self.eos_id = tokenizer.eos_token_id
         # LLaMA tokenizers may lack a pad token; left padding is masked out, so any id serves.
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
@@ -81,7 +82,11 @@ class FusionEngine:
         """Fused captions in input order; batches are formed from length-sorted prompts.
 
         `before_batch(seconds of the previous batch)` may raise to abandon the rest."""
-        encoded = self.prompts.encode(pairs)
+        return self.fuse_encoded(self.prompts.encode(pairs), before_batch)
+
+    def fuse_encoded(self, encoded: list[list[int]],
+                     before_batch: Callable[[float | None], None] | None = None) -> list[Fusion]:
+        """Fusions of prompts already turned into token ids, in input order."""
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[Fusion | None] = [None] * len(encoded)
         last_seconds = None
@@ -124,6 +129,7 @@ class FusionEngine:
             attention_mask=attention_mask.to(device),
             num_beams=self.num_beams,
             max_new_tokens=self.max_new_tokens,
+            min_new_tokens=self.min_new_tokens or None,
             do_sample=False,
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_id,

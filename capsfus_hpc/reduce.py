@@ -31,7 +31,7 @@ from .reconcile import committed_parts, incomplete_message, part_schema
 from .reduce_assemble import DUPLICATE_CAPTION, DUPLICATE_KEY, DUPLICATES_SCHEMA, assemble_task
 from .reduce_dedup import DUPLICATE_OF, dedup_task, near_dup_task
 from .reduce_judge import CAPTION_REASON_PREFIX, REJECT_DETAIL, REJECT_REASON, judge_task
-from .reduce_plan import CAPTION, KEY, ReduceOptions, ReducePlan, load_rules, plan_reduce, write_plan
+from .reduce_plan import ReduceOptions, ReducePlan, load_rules, plan_reduce, write_plan
 from .settings import load_run
 from .status import gather_status, read_records
 
