@@ -3,8 +3,9 @@
 Taken with O_CREAT|O_EXCL before a worker touches a shard's progress record; renewed at every
 commit, where a worker that finds the lease no longer its own stops before committing; given
 back when the shard ends. A lease whose heartbeat is older than CAPSFUS_LEASE_TIMEOUT_S
-(default 600 s), or whose process on this host is gone, is stale: it is renamed aside (a
-rename succeeds for one taker only) and taken over.
+(default 600 s), whose process on this host is gone, or that our own job id holds (the same
+task before SLURM requeued it, from a node that failed), is stale: it is renamed aside (a rename
+succeeds for one taker only) and taken over.
 """
 
 from __future__ import annotations
@@ -52,9 +53,11 @@ def _read(path: Path) -> Lease | None:
         return Lease(-1, None, "?", -1, 0.0)  # unreadable: a writer died mid-write; stale
 
 
-def _stale(lease: Lease) -> bool:
+def _stale(lease: Lease, job_id: str | None) -> bool:
     if time.time() - lease.heartbeat > timeout_s():
         return True
+    if job_id is not None and lease.job_id == job_id:
+        return True  # our own task before SLURM requeued it (after a node failure, say)
     return lease.host == socket.gethostname() and not Path(f"/proc/{lease.pid}").exists()
 
 
@@ -71,7 +74,7 @@ class ShardLease:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = _read(self.path)
-                if holder is not None and not _stale(holder):
+                if holder is not None and not _stale(holder, self.mine.job_id):
                     raise CapsfusError(f"shard {self.mine.shard} is being written by {holder.describe()}; "
                                        f"this task leaves it alone (lease {self.path})")
                 try:  # stale: set it aside; if another taker was first, the rename fails and we look again

@@ -37,3 +37,14 @@ def test_the_lease_of_a_dead_process_on_this_host_is_stale_at_once(tmp_path):
     path.write_text(json.dumps({**lease.mine.__dict__, "pid": int(dead.stdout)}))
     lease.acquire()
     assert json.loads(path.read_text())["pid"] == lease.mine.pid
+
+
+def test_a_requeued_task_takes_over_the_lease_its_earlier_self_left_on_a_lost_node(tmp_path):
+    path = tmp_path / "lease.json"
+    lease = ShardLease(path, 0, "41_3")
+    path.write_text(json.dumps({**lease.mine.__dict__, "host": "node-that-died", "pid": 1}))
+    lease.acquire()
+    assert json.loads(path.read_text())["host"] == lease.mine.host
+    other = ShardLease(path, 0, "42_0")
+    with pytest.raises(CapsfusError, match="being written by job 41_3"):
+        other.acquire()
