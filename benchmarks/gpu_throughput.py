@@ -114,8 +114,8 @@ def reference_recipe(model, prompts: list[list[int]], device: str) -> None:
                        eos_token_id=EOS)
 
 
-def engine_mode(model, prompts: list[list[int]], beams: int, batch_size: int) -> None:
-    engine = FusionEngine(model, _Ids(), beams, NEW_TOKENS, MAX_PROMPT_TOKENS, batch_size)
+def engine_mode(model, prompts: list[list[int]], beams: int, batch_size: int, batch_tokens: int | None) -> None:
+    engine = FusionEngine(model, _Ids(), beams, NEW_TOKENS, MAX_PROMPT_TOKENS, batch_size, batch_tokens)
     engine.min_new_tokens = NEW_TOKENS
     engine.fuse_encoded(prompts)
 
@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samples", type=int, help="prompts per mode (default: 512 on GPU, 24 with --smoke)")
     parser.add_argument("--faithful-batch", type=int, help="(default: 64 on GPU, 8 with --smoke)")
     parser.add_argument("--fast-batch", type=int, help="(default: 256 on GPU, 16 with --smoke)")
+    parser.add_argument("--batch-tokens", type=int, help="token budget per batch for faithful and fast (default: off)")
     parser.add_argument("--overhead-rows", type=int, default=4096)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -207,14 +208,15 @@ def main(argv: list[str] | None = None) -> dict:
     reference_recipe(model, warm, device)
     modes = {
         "reference": (lambda: reference_recipe(model, prompts, device), 3, 4, MAX_PROMPT_TOKENS),
-        "faithful": (lambda: engine_mode(model, prompts, 3, faithful_batch), 3, faithful_batch, None),
-        "fast": (lambda: engine_mode(model, prompts, 1, fast_batch), 1, fast_batch, None),
+        "faithful": (lambda: engine_mode(model, prompts, 3, faithful_batch, args.batch_tokens), 3, faithful_batch, None),
+        "fast": (lambda: engine_mode(model, prompts, 1, fast_batch, args.batch_tokens), 1, fast_batch, None),
     }
     mean_prompt = sum(lengths) / len(lengths)
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else f"CPU ({os.cpu_count()} cores)",
               "date": datetime.date.today().isoformat(), "shape": "smoke" if args.smoke else "LLaMA-2-13B",
               "dtype": str(dtype).replace("torch.", ""), "params": params, "samples": samples,
-              "mean_prompt_tokens": round(mean_prompt, 1), "new_tokens": NEW_TOKENS, "hardware": hw, "modes": {}}
+              "mean_prompt_tokens": round(mean_prompt, 1), "new_tokens": NEW_TOKENS, "batch_tokens": args.batch_tokens,
+              "hardware": hw, "modes": {}}
     for name, (run, beams, batch, padded) in modes.items():
         seconds = timed(run, device)
         rate = samples / seconds

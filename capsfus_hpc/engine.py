@@ -44,14 +44,29 @@ def _dtype(name: str, on_gpu: bool) -> torch.dtype:
         raise ValueError(f"unknown dtype {name!r}: use auto, bf16, fp16 or fp32") from None
 
 
+def batch_size_at(sorted_lengths: list[int], begin: int, cap: int, budget: int | None, beams: int,
+                  new_tokens: int) -> int:
+    """How many prompts the batch starting at `begin` takes: up to `cap`, and with a token budget
+    only as many as fit, counting each at the batch's longest prompt (the last: lengths are
+    sorted) plus the new tokens, times the beams. Always at least one."""
+    size = min(cap, len(sorted_lengths) - begin)
+    if budget is None:
+        return size
+    while size > 1 and size * (sorted_lengths[begin + size - 1] + new_tokens) * beams > budget:
+        size -= 1
+    return size
+
+
 class FusionEngine:
-    def __init__(self, model, tokenizer, num_beams: int, max_new_tokens: int, max_prompt_tokens: int, batch_size: int):
+    def __init__(self, model, tokenizer, num_beams: int, max_new_tokens: int, max_prompt_tokens: int, batch_size: int,
+                 batch_tokens: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.prompts = PromptBuilder(tokenizer, max_prompt_tokens)
         self.num_beams = num_beams
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
         self.min_new_tokens = 0  # benchmarks force a length so random weights cost what real ones do
         self.eos_id = tokenizer.eos_token_id
         # LLaMA tokenizers may lack a pad token; left padding is masked out, so any id serves.
@@ -76,7 +91,7 @@ class FusionEngine:
         model.eval()
         log.info("loaded %s on %s (%s)", settings.model, model.device, model.dtype)
         return cls(model, tokenizer, settings.num_beams, settings.max_new_tokens,
-                   settings.max_prompt_tokens, settings.batch_size)
+                   settings.max_prompt_tokens, settings.batch_size, settings.batch_tokens)
 
     def fuse(self, pairs: list[tuple[str, str]], before_batch: Callable[[float | None], None] | None = None) -> list[Fusion]:
         """Fused captions in input order; batches are formed from length-sorted prompts.
@@ -90,12 +105,15 @@ class FusionEngine:
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[Fusion | None] = [None] * len(encoded)
         last_seconds = None
+        sorted_lengths = [len(encoded[i]) for i in order]
         begin = 0
         while begin < len(order):
             if before_batch:
                 before_batch(last_seconds)
             started = time.perf_counter()
-            batch = order[begin : begin + self.batch_size]
+            size = batch_size_at(sorted_lengths, begin, self.batch_size, self.batch_tokens, self.num_beams,
+                                 self.max_new_tokens)
+            batch = order[begin : begin + size]
             try:
                 fusions = self._generate([encoded[i] for i in batch])
             except torch.OutOfMemoryError:

@@ -39,6 +39,9 @@ class RunSettings:
     dtype: str = "auto"  # bf16 on GPU, fp32 on CPU
     device_map: str | None = "auto"  # used on GPU only, through accelerate
     batch_size: int = DEFAULT_BATCH_SIZE
+    # With it, a batch holds as many length-sorted prompts as fit: prompts x (longest prompt +
+    # max_new_tokens) x num_beams <= batch_tokens; batch_size still caps the count.
+    batch_tokens: int | None = None
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     window_rows: int = DEFAULT_WINDOW_ROWS  # rows sorted and batched together; the unit of an early stop
     max_caption_chars: int = 4000
@@ -50,7 +53,7 @@ class RunSettings:
 
 
 # Options a user may pass to a run command; None means "not given".
-TUNABLE = ("num_beams", "max_new_tokens", "max_prompt_tokens", "dtype", "device_map", "batch_size",
+TUNABLE = ("num_beams", "max_new_tokens", "max_prompt_tokens", "dtype", "device_map", "batch_size", "batch_tokens",
            "chunk_rows", "window_rows", "max_caption_chars", "trust_remote_code")
 
 
