@@ -85,17 +85,11 @@ def prepare_reduce(paths: RunPaths, final: Path, options: ReduceOptions, workers
 
 
 def _run_stage(pool: ProcessPoolExecutor | None, function, argument_lists, on_done=None) -> list:
-    if pool is None:
-        results = []
-        for arguments in argument_lists:
-            results.append(function(*arguments))
-            if on_done:
-                on_done(results[-1])
-        return results
-    futures = [pool.submit(function, *arguments) for arguments in argument_lists]
+    """Run the stage's tasks (in the pool, or here in turn), handing each result on in task order."""
+    futures = [pool.submit(function, *arguments) for arguments in argument_lists] if pool else None
     results = []
-    for future in futures:
-        results.append(future.result())
+    for index, arguments in enumerate(argument_lists):
+        results.append(futures[index].result() if futures else function(*arguments))
         if on_done:
             on_done(results[-1])
     return results

@@ -22,10 +22,10 @@ from .caption_screen import judge_column
 from .columns import DETAIL, FINISH_REASON, FUSED_CAPTION, REASON, ROW_ID, STATUS, STATUS_INVALID, STATUS_OK
 from .dedup import key_hashes, partition_of
 from .keys import normalize_caption_column, normalize_url_column
+from .progress import read_progress
 from .reconcile import committed_parts, iter_tables
 from .reduce_plan import CAPTION, KEY, read_plan
 from .settings import load_run
-from .status import read_records
 
 CAPTION_REASON_PREFIX = "caption_"
 REJECT_REASON = "reject_reason"
@@ -108,7 +108,7 @@ def judge_task(final_dir: str, task: int) -> dict:
     run, out = plan.run_paths, plan.final_paths
     _, manifest = load_run(run)
     shard_ids = set(plan.judge_tasks[task])
-    records = {shard: record for shard, record in read_records(run, manifest).items() if shard in shard_ids}
+    records = {shard: record for shard in shard_ids if (record := read_progress(run.progress(shard))) is not None}
     parts, _ = committed_parts(run, manifest, records, shard_ids)
     counts: Counter = Counter()
     out.map_dir(task).mkdir(parents=True, exist_ok=True, mode=0o755)
