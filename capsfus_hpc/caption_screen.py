@@ -53,17 +53,17 @@ def string_buffers(array: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nd
     return offsets, data, valid
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _is_word(byte):
     return (48 <= byte <= 57) or (65 <= byte <= 90) or (97 <= byte <= 122) or byte == 95
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _lower(byte):
     return byte + 32 if 65 <= byte <= 90 else byte
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def word_hash(data, start, stop):
     """FNV-1a of the lower-cased bytes data[start:stop]."""
     value = _FNV_OFFSET
@@ -72,7 +72,7 @@ def word_hash(data, start, stop):
     return value
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _same_ascii_words(c_dat, starts, lengths, count, s_dat, s_start, s_stop):
     """Whether the ASCII source's word runs equal the caption's, ignoring case."""
     word = 0
@@ -93,7 +93,7 @@ def _same_ascii_words(c_dat, starts, lengths, count, s_dat, s_start, s_stop):
     return word == count
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _echo_at(hashes, w, count, echo_words, echo_starts):
     """Whether an echo phrase's words start at word w (1-based)."""
     for e in range(len(echo_starts) - 1):
@@ -110,7 +110,7 @@ def _echo_at(hashes, w, count, echo_words, echo_starts):
     return False
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _has_loop(hashes, count, max_repeats, max_phrase_words):
     """A phrase of p <= max_phrase_words words followed by max_repeats copies of itself is a run
     of max_repeats * p positions j with word j equal to word j + p."""
@@ -132,8 +132,6 @@ _WORD, _SPACE, _BAD, _HIGH = 1, 2, 4, 8
 _CLASS = np.array([(_WORD if chr(b).isascii() and (chr(b).isalnum() or b == 95) else 0) | (_SPACE if b == 32 else 0)
                    | (_BAD if b < 32 or b == 127 else 0) | (_HIGH if b > 127 else 0) for b in range(256)], np.uint8)
 _LOWER = np.array([b + 32 if 65 <= b <= 90 else b for b in range(256)], np.uint64)
-_SENTENCE_WORD = np.uint64(int.from_bytes(b"sentence", "big"))
-_LOW_BYTES = np.uint64(2**64 - 1)
 
 
 # What a source caption's non-ASCII character becomes in `normalized`, on its own: nothing but
@@ -195,7 +193,7 @@ def _compute_char_tables() -> tuple[np.ndarray, np.ndarray]:
     return sources, captions
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _code_at(data, k, stop):
     """The code point of the UTF-8 sequence led by data[k], or -1 if it is not a 2 or 3 byte one."""
     lead = data[k]
@@ -206,7 +204,7 @@ def _code_at(data, k, stop):
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _caption_letters(data, start, stop, caption_chars):
     """-1 if a non-ASCII character of the caption is refused, else whether one is a letter."""
     letters = 0
@@ -227,7 +225,7 @@ def _caption_letters(data, start, stop, caption_chars):
     return letters
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _non_ascii_kind(data, start, stop, classes):
     """_LASTING if the text holds a lasting letter, else _OTHER if it holds a character that may
     become ASCII letters, else _SEPARATOR."""
@@ -255,11 +253,36 @@ def _non_ascii_kind(data, start, stop, classes):
     return kind
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
+def _first_word_differs(c_dat, c_start, c_length, s_dat, start, stop):
+    """Whether the source's first word is surely not the caption's: it is a run of ASCII word
+    bytes with only ASCII before and after it (so NFKC cannot touch it) that differs. Most
+    sources are settled here without reading past their first word."""
+    k = start
+    while k < stop and not _is_word(s_dat[k]):
+        if s_dat[k] >= 128:
+            return False
+        k += 1
+    run = k
+    while k < stop and _is_word(s_dat[k]):
+        k += 1
+    if run == stop or (k < stop and s_dat[k] >= 128):
+        return False
+    if k - run != c_length:
+        return True
+    for m in range(c_length):
+        if _lower(s_dat[run + m]) != _lower(c_dat[c_start + m]):
+            return True
+    return False
+
+
+@njit(cache=True, nogil=True)
 def _source_verdict(c_dat, starts, lengths, count, s_off, s_dat, s_valid, row, non_ascii_flag, classes, letters):
     if not s_valid[row]:
         return CLEAR
     start, stop = s_off[row], s_off[row + 1]
+    if _first_word_differs(c_dat, starts[0], lengths[0], s_dat, start, stop):
+        return CLEAR
     for k in range(start, stop):
         if s_dat[k] >= 128:
             if letters:  # both have non-ASCII letters: Python compares them
@@ -275,7 +298,7 @@ def _source_verdict(c_dat, starts, lengths, count, s_off, s_dat, s_valid, row, n
     return JUDGE if _same_ascii_words(c_dat, starts, lengths, count, s_dat, start, stop) else CLEAR
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _screen(c_off, c_dat, c_valid, length_finish, r_off, r_dat, r_valid, s_off, s_dat, s_valid,
             min_chars, min_words, max_chars, max_words, max_repeats, max_phrase_words, min_distinct_ratio,
             distinct_min_words, echo_words, echo_starts, classes, caption_chars, out):
@@ -283,29 +306,35 @@ def _screen(c_off, c_dat, c_valid, length_finish, r_off, r_dat, r_valid, s_off, 
     starts = np.zeros(words_max, np.int64)
     lengths = np.zeros(words_max, np.int64)
     hashes = np.zeros(words_max, np.uint64)
-    slots = np.zeros(4 * words_max, np.uint64)  # a per-row set of word hashes, told apart by stamp
-    stamps = np.zeros(4 * words_max, np.int64)
+    size = 1
+    while size < 4 * words_max:
+        size *= 2
+    mask = np.uint64(size - 1)
+    slots = np.zeros(size, np.uint64)  # a per-row set of word hashes, told apart by stamp
+    stamps = np.zeros(size, np.int64)
+    sentence = word_hash(np.frombuffer(b"sentence", np.uint8), 0, 8)
     echo_bloom = np.uint64(0)  # bits of the echo phrases' first words, to skip most words fast
     for e in range(len(echo_starts) - 1):
         echo_bloom |= np.uint64(1) << (echo_words[echo_starts[e]] & np.uint64(63))
-    size = 4 * words_max
     for row in range(len(out)):
         out[row] = JUDGE
         start, stop = c_off[row], c_off[row + 1]
         if not c_valid[row] or length_finish[row] or stop == start or stop - start > max_chars:
             continue
-        bad = 0
-        for k in range(start, stop):
-            bad |= _CLASS[c_dat[k]]
-        if bad & _BAD:
+        high, control = 0, False
+        for k in range(start, stop):  # no table lookup here: this loop vectorises
+            byte = c_dat[k]
+            high |= byte
+            control |= (byte < 32) | (byte == 127)
+        if control:
             continue
-        letters = _caption_letters(c_dat, start, stop, caption_chars) if bad & _HIGH else 0
+        letters = _caption_letters(c_dat, start, stop, caption_chars) if high & 0x80 else 0
         if letters < 0:
             continue
-        # Word runs (index 0 collects the bytes before the first word), their hashes, and
-        # whether a label ("New sentence:") may be there, in one pass over the bytes.
+        # Word runs (index 0 collects the bytes before the first word) and their hashes, in one
+        # pass over the bytes.
         reader_words, count, prev_space, prev_word, word_chars, high_word = 0, 0, 1, 0, 0, 0
-        value, window, label = _FNV_OFFSET, np.uint64(0), False
+        value = _FNV_OFFSET
         for k in range(start, stop):
             byte = c_dat[k]
             cls = _CLASS[byte]
@@ -324,19 +353,13 @@ def _screen(c_off, c_dat, c_valid, length_finish, r_off, r_dat, r_valid, s_off, 
                 if not prev_word:
                     count += 1
                     starts[count] = k
-                    value, window = _FNV_OFFSET, np.uint64(0)
+                    value = _FNV_OFFSET
                 low = _LOWER[byte]
                 value = (value ^ low) * _FNV_PRIME
-                window = ((window << np.uint64(8)) | low) & _LOW_BYTES
-                if window == _SENTENCE_WORD:  # "sentence" then ":" may be a template label
-                    m = k + 1
-                    while m < stop and c_dat[m] == 32:
-                        m += 1
-                    label |= m < stop and c_dat[m] == 58
                 hashes[count] = value
                 lengths[count] = k + 1 - starts[count]
             prev_word = is_word
-        if label or reader_words < max(min_words, 1) or reader_words > max_words or count == 0:
+        if reader_words < max(min_words, 1) or reader_words > max_words or count == 0:
             continue
         if word_chars + count - 1 < min_chars:
             continue
@@ -351,11 +374,16 @@ def _screen(c_off, c_dat, c_valid, length_finish, r_off, r_dat, r_valid, s_off, 
         echo, distinct = False, 0
         for w in range(1, count + 1):
             h = hashes[w]
+            if h == sentence and lengths[w] == 8:  # "sentence" then ":" may be a template label
+                m = starts[w] + 8
+                while m < stop and c_dat[m] == 32:
+                    m += 1
+                echo |= m < stop and c_dat[m] == 58
             if (echo_bloom >> (h & np.uint64(63))) & np.uint64(1):
                 echo |= _echo_at(hashes, w, count, echo_words, echo_starts)
-            slot = np.int64(h % np.uint64(size))
+            slot = np.int64(h & mask)
             while stamps[slot] == row + 1 and slots[slot] != h:
-                slot = (slot + 1) % size
+                slot = np.int64((slot + 1) & mask)
             if stamps[slot] != row + 1:
                 stamps[slot], slots[slot] = row + 1, h
                 distinct += 1

@@ -19,7 +19,7 @@ _FNV_PRIME = np.uint64(0x100000001B3)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _hashes(offsets, data, out):
     for row in range(len(out)):
         value = _FNV_OFFSET
@@ -40,7 +40,7 @@ def partition_of(hashes: np.ndarray, partitions: int) -> np.ndarray:
     return ((hashes >> np.uint64(32)) % np.uint64(partitions)).astype(np.int64)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _same(data, offsets, a, b):
     length = offsets[a + 1] - offsets[a]
     if offsets[b + 1] - offsets[b] != length:
@@ -51,7 +51,7 @@ def _same(data, offsets, a, b):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _first_seen(offsets, data, hashes, first):
     size = 1
     while size < 2 * len(first) + 2:

@@ -52,23 +52,23 @@ def normalize_caption(caption: str) -> str:
     return _SPACE.sub(" ", _PUNCTUATION.sub(" ", text)).strip()
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _lower(byte):
     return byte + 32 if 65 <= byte <= 90 else byte
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _is_scheme(byte, first):
     letter = (65 <= byte <= 90) or (97 <= byte <= 122)
     return letter or (not first and ((48 <= byte <= 57) or byte == 43 or byte == 45 or byte == 46))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _is_host(byte):
     return (48 <= byte <= 57) or (65 <= byte <= 90) or (97 <= byte <= 122) or byte == 45 or byte == 46
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _plain_url(data, start, stop, out, at):
     """Writes the normalised URL at out[at:] and returns its end, or -1 if the URL is not plain:
     scheme://host[:port][/path][?query][#fragment] in printable ASCII, host of [A-Za-z0-9.-]."""
@@ -144,7 +144,7 @@ def _plain_url(data, start, stop, out, at):
     return at
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _plain_caption(data, start, stop, out, at):
     """Writes the lower-cased word runs joined by single spaces; -1 unless printable ASCII."""
     first, in_word = True, False
@@ -164,7 +164,7 @@ def _plain_caption(data, start, stop, out, at):
     return at
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _normalize(offsets, data, valid, kind, out_offsets, out_data, fallback):
     at = 0
     for row in range(len(valid)):

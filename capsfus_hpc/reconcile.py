@@ -109,15 +109,20 @@ def incomplete_message(paths: RunPaths, status: RunStatus) -> str:
             + f"\nfinish them with: capsfus-hpc resume {paths.root}   (or reduce with --allow-partial)")
 
 
-def iter_tables(parts: list[Part], read_ahead: int = 8, readers: int = 1) -> Iterator[tuple[Part, pa.Table]]:
-    """Each part's verified rows, in order, read by background threads up to read_ahead parts
-    ahead (parquet decoding releases the GIL, so reading overlaps the caller's work)."""
+def iter_tables(parts: list[Part], read_ahead_rows: int = 2 * 65_536, readers: int = 1
+                ) -> Iterator[tuple[Part, pa.Table]]:
+    """Each part's verified rows, in order, read by background threads up to read_ahead_rows
+    ahead (parquet decoding releases the GIL, so reading overlaps the caller's work). The read-ahead
+    must cover what the caller takes between two pulls, or the readers sit idle while it works."""
     with ThreadPoolExecutor(readers) as reader:
         pending: deque = deque()
+        ahead = 0
         for part in parts:
             pending.append((part, reader.submit(read_part, part)))
-            if len(pending) > read_ahead:
+            ahead += part.chunk.rows
+            while ahead > read_ahead_rows:
                 done, future = pending.popleft()
+                ahead -= done.chunk.rows
                 yield done, future.result()
         while pending:
             done, future = pending.popleft()

@@ -81,20 +81,21 @@ class _Dropped:
         keep = np.ones(table.num_rows, np.bool_)
         keep[offsets] = False
         codes, index = self.codes[lo:hi], self.index[lo:hi]
-        judged_rows = self.judged.take(pa.array(index[codes == _JUDGED]))
-        judged = iter(zip(judged_rows.column(REJECT_REASON).to_pylist(), judged_rows.column(REJECT_DETAIL).to_pylist()))
-        reasons, details, winners = [], [], []
-        for code, value in zip(codes.tolist(), index.tolist()):
-            if code == _JUDGED:
-                reason, detail = next(judged)
-                reasons.append(reason); details.append(detail); winners.append(None)
-            else:
-                what = {_KEY: f"same {key_name}", _CAPTION: "same caption", _NEAR: "caption nearly the same"}[code]
-                reasons.append(_KIND_REASON[code]); details.append(f"{what} as row {value}"); winners.append(value)
+        judged = codes == _JUDGED
+        # Judged rows take their reason and detail from the judge tasks; duplicates get theirs
+        # from the code and the winner, built column-wise.
+        judged_rows = self.judged.take(pa.array(index, pa.int64(), mask=~judged))  # null where a duplicate
+        winners = pa.array(index, pa.int64(), mask=judged)
+        what = np.array(["", f"same {key_name} as row ", "same caption as row ", "caption nearly the same as row "],
+                        object)[codes]
+        kinds = np.array(["", *(_KIND_REASON[c] for c in (_KEY, _CAPTION, _NEAR))], object)[codes]
+        mask = pa.array(judged)
+        reasons = pc.if_else(mask, judged_rows.column(REJECT_REASON), pa.array(kinds, pa.string()))
+        details = pc.if_else(mask, judged_rows.column(REJECT_DETAIL),
+                             pc.binary_join_element_wise(pa.array(what, pa.string()), pc.cast(winners, pa.string()), ""))
         dropped = table.take(pa.array(offsets))
-        for name, values, kind in ((REJECT_REASON, reasons, pa.string()), (REJECT_DETAIL, details, pa.string()),
-                                   (DUPLICATE_OF, winners, pa.int64())):
-            dropped = dropped.append_column(name, pa.array(values, kind))
+        for name, values in ((REJECT_REASON, reasons), (REJECT_DETAIL, details), (DUPLICATE_OF, winners)):
+            dropped = dropped.append_column(name, values)
         return table.filter(pa.array(keep)), dropped
 
     def counts(self) -> dict[str, int]:

@@ -46,7 +46,7 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 def batches(parts, schema: pa.Schema, readers: int = 1):
     """The parts' verified rows, conformed to the schema, in batches of about BATCH_ROWS."""
     pending, rows = [], 0
-    for _, table in iter_tables(parts, readers=readers):
+    for _, table in iter_tables(parts, 2 * BATCH_ROWS, readers):
         pending.append(table)
         rows += table.num_rows
         if rows >= BATCH_ROWS:
@@ -75,13 +75,20 @@ class _Spill:
 
 
 def _judge_batch(table: pa.Table, columns, plan, spill: _Spill, counts: Counter) -> pa.Table:
-    """Rejected rows of the batch (row_id, reason, detail); spills the keys of the rest."""
+    """Rejected rows of the batch (row_id, reason, detail); spills the keys of the rest.
+    Only the columns the rules and keys read are filtered, not the whole batch."""
     ok = pc.equal(table.column(STATUS), STATUS_OK).fill_null(False)
-    invalid = table.filter(pc.invert(ok))
-    rejected = [pa.table([invalid.column(ROW_ID), invalid.column(REASON).cast(pa.string()).fill_null(STATUS_INVALID),
-                          invalid.column(DETAIL).cast(pa.string())], schema=JUDGED_SCHEMA)]
-    counts.update(rejected[0].column(REJECT_REASON).to_pylist())
-    table = table.filter(ok)
+    needed = [ROW_ID, FUSED_CAPTION, columns.raw_caption, columns.synthetic_caption, FINISH_REASON]
+    if columns.key is not None and columns.key in table.column_names:
+        needed.append(columns.key)
+    rejected = []
+    if not pc.all(ok).as_py():
+        invalid = table.filter(pc.invert(ok))
+        rejected.append(pa.table([invalid.column(ROW_ID),
+                                  invalid.column(REASON).cast(pa.string()).fill_null(STATUS_INVALID),
+                                  invalid.column(DETAIL).cast(pa.string())], schema=JUDGED_SCHEMA))
+        counts.update(rejected[0].column(REJECT_REASON).to_pylist())
+        table = table.select(list(dict.fromkeys(needed))).filter(ok)
     counts["ok"] += table.num_rows
     verdicts = judge_column(table.column(FUSED_CAPTION), table.column(columns.raw_caption),
                             table.column(columns.synthetic_caption), table.column(FINISH_REASON), plan.options.rules)
@@ -93,13 +100,13 @@ def _judge_batch(table: pa.Table, columns, plan, spill: _Spill, counts: Counter)
                                   pa.array(details, pa.string())], schema=JUDGED_SCHEMA))
         keep = np.ones(table.num_rows, np.bool_)
         keep[list(rows)] = False
-        table = table.filter(pa.array(keep))
+        table = table.select(list(dict.fromkeys(needed))).filter(pa.array(keep))
     row_ids = table.column(ROW_ID).combine_chunks()
     if columns.key is not None and columns.key in table.column_names:
         spill.write(KEY, row_ids, normalize_url_column(table.column(columns.key).cast(pa.string())))
     if CAPTION in plan.kinds:
         spill.write(CAPTION, row_ids, normalize_caption_column(table.column(FUSED_CAPTION)))
-    return pa.concat_tables(rejected)
+    return pa.concat_tables(rejected) if rejected else JUDGED_SCHEMA.empty_table()
 
 
 def judge_task(final_dir: str, task: int) -> dict:

@@ -107,6 +107,7 @@ def test_keys_are_compared_as_normalised_urls_and_captions_optionally(tmp_path, 
     records = [dict(r) for r in real_records[:6]]
     records[5]["laion_2b"] += " (again)"
     records[5]["capsfuion_official"] = records[3]["capsfuion_official"]  # same caption, other image
+    records[4]["capsfuion_official"] = records[4]["laion_coco"]  # a rule's reject among the duplicates
     rows = [{"image_url": u, "laion_2b": r["laion_2b"], "laion_coco": r["laion_coco"]} for u, r in zip(
         ["https://Example.org/1.jpg", "HTTPS://EXAMPLE.ORG/1.jpg/", "https://example.org/1.jpg#top",
          "https://example.org/2.jpg", "https://example.org/2.JPG", "https://example.org/3.jpg"], records)]
@@ -118,7 +119,16 @@ def test_keys_are_compared_as_normalised_urls_and_captions_optionally(tmp_path, 
     assert duplicates == [{"row_id": 1, "duplicate_of": 0, "reject_reason": "duplicate_key"},
                           {"row_id": 2, "duplicate_of": 0, "reject_reason": "duplicate_key"},
                           {"row_id": 5, "duplicate_of": 3, "reject_reason": "duplicate_caption"}]
-    assert [r["row_id"] for r in pq.read_table(tmp_path / "final" / DATA_FILE).to_pylist()] == [0, 3, 4]
+    rejects = pq.read_table(tmp_path / "final" / REJECTS_FILE).select(["row_id", "reject_reason", "reject_detail",
+                                                                        "duplicate_of"]).to_pylist()
+    assert rejects == [
+        {"row_id": 1, "reject_reason": "duplicate_key", "reject_detail": "same image_url as row 0", "duplicate_of": 0},
+        {"row_id": 2, "reject_reason": "duplicate_key", "reject_detail": "same image_url as row 0", "duplicate_of": 0},
+        {"row_id": 4, "reject_reason": "caption_copy_through",
+         "reject_detail": "the synthetic caption, give or take case, punctuation and spacing", "duplicate_of": None},
+        {"row_id": 5, "reject_reason": "duplicate_caption", "reject_detail": "same caption as row 3",
+         "duplicate_of": 3}]
+    assert [r["row_id"] for r in pq.read_table(tmp_path / "final" / DATA_FILE).to_pylist()] == [0, 3]
 
 
 def test_caption_rules_reject_with_their_reason(tmp_path, real_records, smoke_model):
