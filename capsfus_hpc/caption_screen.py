@@ -426,16 +426,18 @@ def judge_column(fused: pa.Array, raw: pa.Array, synthetic: pa.Array, finish_rea
     """(row, reason, detail) of every caption `judge` rejects, in row order; the screen decides
     which rows `judge` needs to see."""
     flags = screen(fused, raw, synthetic, finish_reason, rules)
+    rows = np.flatnonzero(flags)
+    picked = pa.array(rows, pa.int64())
     rejected = []
-    for row in np.flatnonzero(flags).tolist():
-        caption, raw_caption, synthetic_caption = fused[row].as_py(), raw[row].as_py(), synthetic[row].as_py()
-        flag = flags[row]
+    for row, flag, caption, raw_caption, synthetic_caption, finish in zip(
+            rows.tolist(), flags[rows].tolist(), *(column.take(picked).to_pylist()
+                                                   for column in (fused, raw, synthetic, finish_reason))):
         if flag != JUDGE:
             folded = normalized(caption)
             if not ((flag & CHECK_RAW and _same_words(folded, raw_caption))
                     or (flag & CHECK_SYNTHETIC and _same_words(folded, synthetic_caption))):
                 continue
-        verdict = judge(caption, raw_caption, synthetic_caption, finish_reason[row].as_py(), rules)
+        verdict = judge(caption, raw_caption, synthetic_caption, finish, rules)
         if verdict:
             rejected.append((row, *verdict))
     return rejected

@@ -94,8 +94,9 @@ def read_part(part: Part) -> pa.Table:
         raise _part_error(part, DAMAGED)
     # ParquetFile.read: a third of read_table's cost for a small file (no dataset discovery).
     table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
-    expected = pa.array(np.arange(part.chunk.row_id_start, part.chunk.row_id_stop, dtype=np.int64))
-    if table.num_rows != part.chunk.rows or not table.column(ROW_ID).combine_chunks().equals(expected):
+    row_ids = table.column(ROW_ID)
+    if (table.num_rows != part.chunk.rows or row_ids.null_count
+            or not np.array_equal(row_ids.to_numpy(), np.arange(part.chunk.row_id_start, part.chunk.row_id_stop))):
         raise _part_error(part, f"does not hold rows {part.chunk.row_id_start}..{part.chunk.row_id_stop - 1} "
                                 "exactly once")
     return table

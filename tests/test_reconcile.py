@@ -1,0 +1,39 @@
+"""read_part: a part is read only when its bytes match its progress record and it holds exactly
+the chunk's rows, in order."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from capsfus_hpc.atomic import sha256_file
+from capsfus_hpc.errors import CapsfusError
+from capsfus_hpc.manifest import Shard
+from capsfus_hpc.progress import ChunkRecord
+from capsfus_hpc.reconcile import Part, read_part
+
+
+def _part(tmp_path, row_ids, start=10, stop=14):
+    path = tmp_path / "part-00003.parquet"
+    pq.write_table(pa.table({"row_id": pa.array(row_ids, pa.int64()), "fused_caption": ["x"] * len(row_ids)}), path)
+    chunk = ChunkRecord(3, start, stop, len(row_ids), sha256_file(path), path.stat().st_size, 0.0, 0.0)
+    return Part(Shard(7, 0, 0, 20, 0), chunk, path)
+
+
+def test_a_part_holding_its_chunk_rows_is_read(tmp_path):
+    assert read_part(_part(tmp_path, [10, 11, 12, 13])).column("row_id").to_pylist() == [10, 11, 12, 13]
+
+
+@pytest.mark.parametrize("row_ids", [[11, 12, 13, 14], [10, 11, 11, 13], [10, 12, 11, 13], [10, None, 12, 13],
+                                     [10, 11, 12]])
+def test_a_part_with_other_rows_is_refused_naming_shard_and_chunk(tmp_path, row_ids):
+    with pytest.raises(CapsfusError, match=r"shard 7 chunk 3: part .*part-00003.parquet"):
+        read_part(_part(tmp_path, row_ids))
+
+
+def test_a_part_whose_bytes_changed_is_refused(tmp_path):
+    part = _part(tmp_path, [10, 11, 12, 13])
+    data = bytearray(part.path.read_bytes())
+    data[len(data) // 2] ^= 1
+    part.path.write_bytes(bytes(data))
+    with pytest.raises(CapsfusError, match="shard 7 chunk 3"):
+        read_part(part)
