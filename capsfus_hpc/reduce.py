@@ -105,11 +105,8 @@ def reduce_run(paths: RunPaths, final: Path, options: ReduceOptions = ReduceOpti
     processes = min(workers, max(len(plan.judge_tasks), plan.partitions))
     pool = None
     if processes > 1:
-        # forkserver: pyarrow's and numba's threads do not survive a fork of this process. The
-        # server imports the task modules once (no threads start on import), so workers do not.
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([judge_task.__module__, dedup_task.__module__])
-        pool = ProcessPoolExecutor(processes, mp_context=context)
+        # forkserver: pyarrow's and numba's threads do not survive a fork of this process.
+        pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("forkserver"))
     done = [0]
 
     def advance(rows: int) -> None:
