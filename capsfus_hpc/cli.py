@@ -97,8 +97,8 @@ def _run_command(paths: RunPaths, manifest: Path, model: str, revision: Optional
     profile = load_profile(given["profile"]) if given["profile"] else None
     if given["greedy"] and given["num_beams"] not in (None, 1):
         raise CapsfusError("--greedy and --num-beams disagree; give one of them")
-    options = {name: given[name] for name in ("max_new_tokens", "batch_size", "batch_tokens", "chunk_rows", "window_rows", "dtype",
-                                              "max_caption_chars", "trust_remote_code")}
+    options = {name: given[name] for name in ("max_new_tokens", "batch_size", "batch_tokens", "prefix_cache", "chunk_rows",
+                                              "window_rows", "dtype", "max_caption_chars", "trust_remote_code")}
     options["num_beams"] = 1 if given["greedy"] else given["num_beams"]
     for key, value in (profile.generation if profile else {}).items():
         if options.get(key) is None:
@@ -177,8 +177,8 @@ def submit(
     revision: Annotated[Optional[str], typer.Option(help="Model revision (hub models).")] = None,
     local: opt.Local = False, dry_run: opt.DryRun = False, profile: opt.Profile = None,
     num_beams: opt.NumBeams = None, greedy: opt.Greedy = False, max_new_tokens: opt.MaxNewTokens = None,
-    batch_size: opt.BatchSize = None, batch_tokens: opt.BatchTokens = None, chunk_rows: opt.ChunkRows = None,
-    window_rows: opt.WindowRows = None, dtype: opt.Dtype = None,
+    batch_size: opt.BatchSize = None, batch_tokens: opt.BatchTokens = None, prefix_cache: opt.PrefixCache = None,
+    chunk_rows: opt.ChunkRows = None, window_rows: opt.WindowRows = None, dtype: opt.Dtype = None,
     max_caption_chars: opt.MaxCaptionChars = None, trust_remote_code: opt.TrustRemoteCode = None,
     workers: opt.Workers = 1, shards_per_task: opt.ShardsPerTask = 1,
     partition: opt.Partition = None, account: opt.Account = None, qos: opt.Qos = None, time: opt.Time = None, gpus: opt.Gpus = None,
@@ -199,8 +199,8 @@ def resume(
     run_dir: opt.RunDir,
     local: opt.Local = False, dry_run: opt.DryRun = False, profile: opt.Profile = None,
     num_beams: opt.NumBeams = None, greedy: opt.Greedy = False, max_new_tokens: opt.MaxNewTokens = None,
-    batch_size: opt.BatchSize = None, batch_tokens: opt.BatchTokens = None, chunk_rows: opt.ChunkRows = None,
-    window_rows: opt.WindowRows = None, dtype: opt.Dtype = None,
+    batch_size: opt.BatchSize = None, batch_tokens: opt.BatchTokens = None, prefix_cache: opt.PrefixCache = None,
+    chunk_rows: opt.ChunkRows = None, window_rows: opt.WindowRows = None, dtype: opt.Dtype = None,
     max_caption_chars: opt.MaxCaptionChars = None, trust_remote_code: opt.TrustRemoteCode = None,
     workers: opt.Workers = 1, shards_per_task: opt.ShardsPerTask = 1,
     partition: opt.Partition = None, account: opt.Account = None, qos: opt.Qos = None, time: opt.Time = None, gpus: opt.Gpus = None,

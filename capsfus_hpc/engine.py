@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 from . import faults
+from .prefix_cache import PrefixCache, shared_prefix
 from .prompt import PromptBuilder
 from .settings import RunSettings
 
@@ -59,7 +60,7 @@ def batch_size_at(sorted_lengths: list[int], begin: int, cap: int, budget: int |
 
 class FusionEngine:
     def __init__(self, model, tokenizer, num_beams: int, max_new_tokens: int, max_prompt_tokens: int, batch_size: int,
-                 batch_tokens: int | None = None):
+                 batch_tokens: int | None = None, prefix_ids: list[int] | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.prompts = PromptBuilder(tokenizer, max_prompt_tokens)
@@ -71,6 +72,8 @@ class FusionEngine:
         self.eos_id = tokenizer.eos_token_id
         # LLaMA tokenizers may lack a pad token; left padding is masked out, so any id serves.
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        # The instruction's keys and values, computed once (prefix_cache.py); None: every batch computes them.
+        self.prefix = PrefixCache(model, prefix_ids) if prefix_ids else None
 
     @classmethod
     def load(cls, settings: RunSettings) -> "FusionEngine":
@@ -90,8 +93,9 @@ class FusionEngine:
         )
         model.eval()
         log.info("loaded %s on %s (%s)", settings.model, model.device, model.dtype)
-        return cls(model, tokenizer, settings.num_beams, settings.max_new_tokens,
-                   settings.max_prompt_tokens, settings.batch_size, settings.batch_tokens)
+        return cls(model, tokenizer, settings.num_beams, settings.max_new_tokens, settings.max_prompt_tokens,
+                   settings.batch_size, settings.batch_tokens,
+                   shared_prefix(tokenizer) if settings.prefix_cache else None)
 
     def fuse(self, pairs: list[tuple[str, str]], before_batch: Callable[[float | None], None] | None = None) -> list[Fusion]:
         """Fused captions in input order; batches are formed from length-sorted prompts.
@@ -135,16 +139,21 @@ class FusionEngine:
     def _generate(self, prompts: list[list[int]]) -> list[Fusion]:
         if faults.simulated_oom(len(prompts)):
             raise torch.OutOfMemoryError(f"CUDA out of memory with {len(prompts)} prompts (simulated by CAPSFUS_FAULT)")
+        prefix = self.prefix if self.prefix is not None and self.prefix.covers(prompts) else None
+        head = len(prefix.ids) if prefix else 0  # [prefix, padding, rest], or [padding, prompt]
         width = max(len(ids) for ids in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, ids in enumerate(prompts):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention_mask[row, width - len(ids) :] = 1
+            input_ids[row, :head] = torch.tensor(ids[:head])
+            input_ids[row, width - len(ids) + head :] = torch.tensor(ids[head:])
+            attention_mask[row, :head] = 1
+            attention_mask[row, width - len(ids) + head :] = 1
         device = self.model.device
         output = self.model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
+            past_key_values=prefix.for_rows(len(prompts) * self.num_beams) if prefix else None,
             num_beams=self.num_beams,
             max_new_tokens=self.max_new_tokens,
             min_new_tokens=self.min_new_tokens or None,

@@ -42,6 +42,7 @@ class RunSettings:
     # With it, a batch holds as many length-sorted prompts as fit: prompts x (longest prompt +
     # max_new_tokens) x num_beams <= batch_tokens; batch_size still caps the count.
     batch_tokens: int | None = None
+    prefix_cache: bool = True  # compute the instruction's keys and values once per task (prefix_cache.py)
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     window_rows: int = DEFAULT_WINDOW_ROWS  # rows sorted and batched together; the unit of an early stop
     max_caption_chars: int = 4000
@@ -54,7 +55,7 @@ class RunSettings:
 
 # Options a user may pass to a run command; None means "not given".
 TUNABLE = ("num_beams", "max_new_tokens", "max_prompt_tokens", "dtype", "device_map", "batch_size", "batch_tokens",
-           "chunk_rows", "window_rows", "max_caption_chars", "trust_remote_code")
+           "prefix_cache", "chunk_rows", "window_rows", "max_caption_chars", "trust_remote_code")
 
 
 def model_revision(model: str, revision: str | None) -> str | None:

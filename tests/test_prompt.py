@@ -58,3 +58,25 @@ def test_prompts_within_the_budget_are_untouched(tokenizer, real_records):
     short = [i for i, ids in enumerate(whole) if len(ids) <= 256]
     assert len(short) > 40
     assert all(encoded[i] == whole[i] for i in short)
+
+
+def test_a_prompt_is_cut_the_same_whatever_else_is_in_its_batch(tokenizer, real_records):
+    # Long prompts are cut together, in rounds of batched tokenizer calls; some need more rounds.
+    pairs = [(" ".join(r["laion_2b"] for r in real_records[i:i + n]), real_records[i]["laion_coco"])
+             for i, n in zip(range(0, 60, 3), [1, 2, 5, 9, 30] * 4)]
+    builder = PromptBuilder(tokenizer, 160)
+    together = builder.encode(pairs)
+    assert together == [builder.encode([pair])[0] for pair in pairs]
+    assert all(len(ids) <= 160 for ids in together) and sum(len(ids) < 150 for ids in together) < len(pairs)
+
+
+def test_the_rust_backend_gives_the_ids_transformers_gives(smoke_model, real_records):
+    tokenizer = AutoTokenizer.from_pretrained(smoke_model)  # its own: the test changes its backend
+    texts = [render(r["laion_2b"], r["laion_coco"]) for r in real_records[:300]] + ["", " ", "ünï\ncode ✓"]
+    builder = PromptBuilder(tokenizer)
+    assert builder._backend is not None
+    assert builder.ids(texts) == tokenizer(texts).input_ids
+    assert builder.ids(texts, add_special_tokens=False) == tokenizer(texts, add_special_tokens=False).input_ids
+    tokenizer.backend_tokenizer.enable_truncation(8)  # a backend that would cut: transformers' call decides
+    assert PromptBuilder(tokenizer)._backend is None
+    assert PromptBuilder(tokenizer).ids(texts[:3]) == tokenizer(texts[:3]).input_ids
