@@ -126,11 +126,11 @@ def _has_loop(hashes, count, max_repeats, max_phrase_words):
     return False
 
 
-# Byte classes for the caption scan: a word byte ([A-Za-z0-9_]), a space, an ASCII control
-# character, or a byte of a non-ASCII character (told apart by _caption_chars).
-_WORD, _SPACE, _BAD, _HIGH = 1, 2, 4, 8
+# Byte classes for the caption scan: a word byte ([A-Za-z0-9_]) or a space. (Control characters
+# are refused before the scan; non-ASCII bytes are told apart by _caption_chars.)
+_WORD, _SPACE = 1, 2
 _CLASS = np.array([(_WORD if chr(b).isascii() and (chr(b).isalnum() or b == 95) else 0) | (_SPACE if b == 32 else 0)
-                   | (_BAD if b < 32 or b == 127 else 0) | (_HIGH if b > 127 else 0) for b in range(256)], np.uint8)
+                   for b in range(256)], np.uint8)
 _LOWER = np.array([b + 32 if 65 <= b <= 90 else b for b in range(256)], np.uint64)
 
 
