@@ -3,7 +3,7 @@
 About three quarters of every prompt is the same instruction, and a token's keys and values
 depend only on the tokens before it, so they are the same in every row. The engine computes them
 once (one row) and starts each batch from a copy repeated to the batch's rows, so the model only
-reads the instruction's tokens once per run instead of once per prompt.
+computes the instruction once per task instead of once per prompt.
 
 Rows are laid out [instruction, padding, rest] instead of [padding, instruction, rest]: the
 instruction then sits at positions 0.. in every row, the attention mask hides the padding in the

@@ -110,8 +110,7 @@ def incomplete_message(paths: RunPaths, status: RunStatus) -> str:
             + f"\nfinish them with: capsfus-hpc resume {paths.root}   (or reduce with --allow-partial)")
 
 
-def iter_tables(parts: list[Part], read_ahead_rows: int = 2 * 65_536, readers: int = 1
-                ) -> Iterator[tuple[Part, pa.Table]]:
+def iter_tables(parts: list[Part], read_ahead_rows: int, readers: int = 1) -> Iterator[tuple[Part, pa.Table]]:
     """Each part's verified rows, in order, read by background threads up to read_ahead_rows
     ahead (parquet decoding releases the GIL, so reading overlaps the caller's work). The read-ahead
     must cover what the caller takes between two pulls, or the readers sit idle while it works."""

@@ -86,9 +86,10 @@ class _Dropped:
         # from the code and the winner, built column-wise.
         judged_rows = self.judged.take(pa.array(index, pa.int64(), mask=~judged))  # null where a duplicate
         winners = pa.array(index, pa.int64(), mask=judged)
-        what = np.array(["", f"same {key_name} as row ", "same caption as row ", "caption nearly the same as row "],
-                        object)[codes]
-        kinds = np.array(["", *(_KIND_REASON[c] for c in (_KEY, _CAPTION, _NEAR))], object)[codes]
+        by_code = range(_NEAR + 1)  # the codes, as indexes into these per-code texts
+        said = {_KEY: f"same {key_name}", _CAPTION: "same caption", _NEAR: "caption nearly the same"}
+        what = np.array([f"{said[c]} as row " if c in said else "" for c in by_code], object)[codes]
+        kinds = np.array([_KIND_REASON.get(c, "") for c in by_code], object)[codes]
         mask = pa.array(judged)
         reasons = pc.if_else(mask, judged_rows.column(REJECT_REASON), pa.array(kinds, pa.string()))
         details = pc.if_else(mask, judged_rows.column(REJECT_DETAIL),
