@@ -28,12 +28,30 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def new_file_mode() -> int:
+    """The mode open() gives a new file: 0o666 less the umask. (mkstemp makes 0o600, which would
+    hide a finished dataset from the rest of the group.)"""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)  # no /proc: read the umask by setting it (briefly stricter, never laxer)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path to fill (by a streaming writer, say); on success it replaces `path` durably."""
+    """A temporary path to fill (by a streaming writer, say); on success it replaces `path` durably,
+    with the mode a plainly created file would have."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, new_file_mode())
+    finally:
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp

@@ -69,6 +69,9 @@ fragment and trailing slash ignored) is kept{' and of each normalised fused capt
 
 ## Columns
 
+Rows are in `row_id` order, in row groups of about {stats['row_group_rows']} rows; row groups carry
+min/max statistics for the numeric columns (so a reader can select `row_id` ranges), not for text.
+
 | column | type | meaning |
 | --- | --- | --- |
 {columns}

@@ -191,6 +191,8 @@ def assemble_task(final_dir: str, on_rows=None) -> dict:
         "dedup_key": manifest.columns.key,
         "dedup_caption": options.dedup_caption,
         "near_dup": options.near_dup,
+        "target_file_bytes": options.target_file_bytes,
+        "row_group_rows": options.row_group_rows,
         "rules": rules_document(options.rules),
         "run": str(run.root),
         "manifest_sha256": settings.manifest_sha256,

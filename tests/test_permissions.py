@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from capsfus_hpc.atomic import atomic_write_bytes
 from capsfus_hpc.errors import CapsfusError
 from capsfus_hpc.permissions import REFUSED_EXIT, check_folders, guard_command
 
@@ -50,6 +51,17 @@ def test_nothing_a_run_creates_is_writable_by_others_even_under_a_lax_umask(tmp_
     assert len(created) > 5
     assert [p for p in created if p.stat().st_mode & 0o022] == []
     assert stat.S_IMODE(run.stat().st_mode) == 0o755
+
+
+def test_finished_files_are_as_readable_as_the_umask_allows(tmp_path):
+    # A final dataset is read by the rest of the group: not the 0o600 of a temporary file.
+    for umask, mode in ((0o022, 0o644), (0o027, 0o640), (0o077, 0o600)):
+        old = os.umask(umask)
+        try:
+            atomic_write_bytes(tmp_path / f"{umask:o}.json", b"{}")
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE((tmp_path / f"{umask:o}.json").stat().st_mode) == mode
 
 
 def test_a_task_refuses_a_run_folder_others_can_write(tmp_path, real_records, smoke_model):

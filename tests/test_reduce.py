@@ -152,6 +152,11 @@ def test_data_files_roll_over_at_the_target_size_and_a_card_describes_them(tmp_p
     tables = [pq.read_table(final / name) for name in stats["files"]["data"]]
     assert sum(t.num_rows for t in tables) == stats["rows_out"]
     assert all(pq.ParquetFile(final / name).metadata.row_group(0).num_rows <= 10 for name in stats["files"]["data"])
+    # row_id ranges let a reader skip row groups; text columns carry no min/max.
+    group = pq.ParquetFile(final / DATA_FILE).metadata.row_group(0)
+    by_name = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
+    assert by_name["row_id"].statistics.min == tables[0].column("row_id")[0].as_py()
+    assert not by_name["fused_caption"].is_stats_set
     card = (final / "README.md").read_text()
     assert card.startswith("---\nconfigs:") and "path: data-*.parquet" in card
     assert f"| rows out | {stats['rows_out']} |" in card and "`fused_caption`" in card
