@@ -60,14 +60,11 @@ class CaptionRules:
     min_distinct_ratio: float = 0.3  # distinct words / words; the official minimum is 0.54
     distinct_ratio_min_words: int = 40  # the ratio says little about short captions
     echo_phrases: tuple[str, ...] = DEFAULT_ECHO_PHRASES
-    _loop: re.Pattern = field(init=False, repr=False, compare=False)
     _echo: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
     _echo_keys: frozenset = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Derived once per rule set, not per caption; object.__setattr__ because the class is frozen.
-        loop = rf"\b((?:\w+ ){{0,{self.max_repeated_phrase_words - 1}}}?\w+)(?: \1\b){{{self.max_repeats},}}"
-        object.__setattr__(self, "_loop", re.compile(loop))
         echo = tuple((f" {normalized(p)} ", p) for p in self.echo_phrases if normalized(p))
         object.__setattr__(self, "_echo", echo)
         # A caption can hold a phrase only if it holds the phrase's longest word: one set test skips the rest.
@@ -128,6 +125,26 @@ def _may_loop(words: list[str], distinct: int, max_repeats: int) -> bool:
     return max_repeats < 3 or len(set(zip(words, words[1:], words[2:]))) < len(words) - 2
 
 
+def first_loop(words: list[str], repeats: int, max_phrase_words: int) -> str | None:
+    """The first phrase of at most max_phrase_words words followed by `repeats` copies of
+    itself: the one starting earliest, the shortest there. A p-word phrase and its copies are
+    repeats * p consecutive places where a word equals the word p places on."""
+    best_start, best = len(words), None
+    for p in range(1, max_phrase_words + 1):
+        need = repeats * p
+        run = 0
+        for k in range(min(len(words) - p, best_start + need)):  # later runs cannot start earlier
+            if words[k] == words[k + p]:
+                run += 1
+                if run == need:
+                    if k - need + 1 < best_start:
+                        best_start, best = k - need + 1, " ".join(words[k - need + 1:k - need + 1 + p])
+                    break
+            else:
+                run = 0
+    return best
+
+
 def judge(fused_caption: Any, raw_caption: Any, synthetic_caption: Any, finish_reason: Any,
           rules: CaptionRules = DEFAULT_RULES) -> tuple[str, str] | None:
     """(reason, detail) for the first rule the fused caption fails, else None. Never raises."""
@@ -158,13 +175,14 @@ def judge(fused_caption: Any, raw_caption: Any, synthetic_caption: Any, finish_r
                              f"{rules.min_words} words and {rules.min_chars} characters")
     vocabulary = set(words)
     distinct = len(vocabulary)
-    if _may_loop(words, distinct, rules.max_repeats) and (loop := rules._loop.search(folded)):
-        return "repetition", f"'{loop.group(1)[:60]}' {rules.max_repeats + 1} or more times in a row"
+    if _may_loop(words, distinct, rules.max_repeats) and (
+            loop := first_loop(words, rules.max_repeats, rules.max_repeated_phrase_words)):
+        return "repetition", f"'{loop[:60]}' {rules.max_repeats + 1} or more times in a row"
     if len(words) >= rules.distinct_ratio_min_words and distinct < rules.min_distinct_ratio * len(words):
         return "repetition", f"only {distinct} distinct words of {len(words)}"
     if "\n" in text:
         return "prompt_echo", "several lines: the model went on past the caption"
-    if "sentence" in folded and (label := _LABEL.search(text)):
+    if "sentence" in folded and ":" in text and (label := _LABEL.search(text)):  # cheap tests first
         return "prompt_echo", f"'{label.group()}' is a label of the instruction prompt"
     if rules._echo_keys.isdisjoint(vocabulary):
         return None

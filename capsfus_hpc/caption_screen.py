@@ -5,9 +5,10 @@ passes all of them, by a single scan of its bytes; a caption it cannot clear goe
 which names the reason (or, rarely, clears it after all). So the screen must be sound (never
 clear a caption `judge` would reject), and tests/test_caption_screen.py checks exactly that.
 
-It screens captions of printable ASCII plus non-ASCII separators (dashes, curly quotes) and
-lower-case letters that NFKC and casefold leave alone (é, Cyrillic, CJK): 99% of the real ones.
-For them `caption_words` is the runs of word characters, lower-cased, which bytes can follow.
+It screens captions of printable ASCII plus non-ASCII separators (dashes, curly quotes),
+lower-case letters that NFKC and casefold leave alone (é, Cyrillic, CJK), and characters they
+turn into word characters (É -> é, ™ -> tm, ² -> 2): 99.5% of the real ones. For them
+`caption_words` is the runs of word characters, lower-cased or folded, which bytes can follow.
 Words are compared by a 64-bit hash; a collision can only make two different words look equal,
 which sends a caption to `judge`, never clears it. Why numba: the rules need per-word logic
 (phrase loops, distinct-word counts) that a columnar engine does not express; Polars took 6.4 s
@@ -17,13 +18,14 @@ per million captions for part of it.
 from __future__ import annotations
 
 import functools
+import re
 import unicodedata
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from numba import njit
+from numba import literally, njit
 
 from .atomic import atomic_write
 from .caption_rules import _GARBAGE, LENGTH_FINISH, CaptionRules, _same_words, judge, normalized
@@ -143,11 +145,25 @@ _SEPARATOR, _LASTING, _OTHER = 0, 1, 2
 
 
 # The non-ASCII characters a fused caption may hold and still be screened: a separator (what
-# `normalized` drops, not whitespace, not a combining mark, not garbage) or a lower-case letter
-# that NFKC and casefold leave alone and that never composes with its neighbours (Hangul jamo
-# do). Anything else sends the caption to judge.
-_REFUSED, _SEPARATES, _LETTER = 0, 1, 2
+# `normalized` drops, not whitespace, not a combining mark, not garbage), a lower-case letter
+# that NFKC and casefold leave alone, or a character they fold into word characters only (one
+# word: É -> é, ™ -> tm, ß -> ss; not ½ -> "1 2"). Folded or not, none of its characters may
+# compose with a neighbour (Hangul jamo and a few marks do), so a caption's words are its
+# characters' words, joined. Anything else sends the caption to judge.
+_REFUSED, _SEPARATES, _LETTER, _FOLDS = 0, 1, 2, 3
 _JAMO = ((0x1100, 0x11FF), (0xA960, 0xA97F), (0xD7B0, 0xD7FF))
+_WORD_CHAR = re.compile(r"\w")
+
+
+@functools.cache
+def _composes() -> frozenset[str]:
+    """Characters that canonical composition may join onto the character before them."""
+    seconds = set()
+    for code in range(0x10000):
+        parts = unicodedata.decomposition(chr(code)).split()
+        if len(parts) == 2 and not parts[0].startswith("<"):
+            seconds.add(chr(int(parts[1], 16)))
+    return frozenset(seconds)
 
 
 def _caption_char(code: int, words: str) -> int:
@@ -156,41 +172,62 @@ def _caption_char(code: int, words: str) -> int:
         return _REFUSED
     if not words:
         return _SEPARATES
-    stable = unicodedata.normalize("NFKC", char) == char == char.casefold() and words == char
-    if stable and unicodedata.category(char) in ("Ll", "Lo") and not any(a <= code <= b for a, b in _JAMO):
+    if any(a <= code <= b for a, b in _JAMO):
+        return _REFUSED
+    decomposed = unicodedata.normalize("NFKC", char)
+    if any(unicodedata.combining(c) or c in _composes() for c in decomposed):
+        return _REFUSED
+    stable = decomposed == char == char.casefold() and words == char
+    if stable and unicodedata.category(char) in ("Ll", "Lo"):
         return _LETTER
+    folded = decomposed.casefold()
+    if words == folded and all(_WORD_CHAR.match(c) and not unicodedata.combining(c) and c not in _composes()
+                               for c in folded):
+        return _FOLDS
     return _REFUSED
 
 
+_TABLES = ("sources", "captions", "fold_starts", "fold_bytes", "fold_chars")
+
+
 @functools.cache
-def _char_tables() -> tuple[np.ndarray, np.ndarray]:
-    """(source class, caption class) of every BMP code point: 0.7 s to compute, so kept beside
-    numba's cache, per Unicode version."""
-    cache = Path(__file__).parent / "__pycache__" / f"char_tables_{unicodedata.unidata_version}.npz"
+def _char_tables() -> tuple[np.ndarray, ...]:
+    """(source class, caption class, then what a folding character becomes: where its UTF-8
+    bytes start in fold_bytes, the bytes, how many characters) of every BMP code point: a second
+    to compute, so kept beside numba's cache, per Unicode version."""
+    cache = Path(__file__).parent / "__pycache__" / f"char_tables_v2_{unicodedata.unidata_version}.npz"
     try:
         with np.load(cache) as saved:
-            return saved["sources"], saved["captions"]
+            return tuple(saved[name] for name in _TABLES)
     except (OSError, KeyError, ValueError):
         pass
-    sources, captions = _compute_char_tables()
+    tables = _compute_char_tables()
     try:
         cache.parent.mkdir(exist_ok=True)
-        atomic_write(cache, lambda tmp: np.savez(open(tmp, "wb"), sources=sources, captions=captions))
+        atomic_write(cache, lambda tmp: np.savez(open(tmp, "wb"), **dict(zip(_TABLES, tables))))
     except OSError:
         pass  # a read-only install computes them each time
-    return sources, captions
+    return tables
 
 
-def _compute_char_tables() -> tuple[np.ndarray, np.ndarray]:
+def _compute_char_tables() -> tuple[np.ndarray, ...]:
     sources = np.full(0x10000, _OTHER, np.uint8)
     captions = np.full(0x10000, _REFUSED, np.uint8)
-    for code in range(0x80, 0x10000):
-        if 0xD800 <= code <= 0xDFFF:
+    fold_starts = np.zeros(0x10001, np.int32)
+    fold_chars = np.zeros(0x10000, np.uint8)
+    folds = bytearray()
+    for code in range(0x10000):
+        fold_starts[code] = len(folds)
+        if code < 0x80 or 0xD800 <= code <= 0xDFFF:
             continue
         words = normalized(chr(code))
         sources[code] = _SEPARATOR if not words else _LASTING if not any(c.isascii() for c in words) else _OTHER
         captions[code] = _caption_char(code, words)
-    return sources, captions
+        if captions[code] == _FOLDS:
+            folds += words.encode()
+            fold_chars[code] = len(words)
+    fold_starts[0x10000] = len(folds)
+    return sources, captions, fold_starts, np.frombuffer(bytes(folds), np.uint8), fold_chars
 
 
 @njit(cache=True, nogil=True)
@@ -204,10 +241,14 @@ def _code_at(data, k, stop):
     return -1
 
 
+_HAS_LETTER, _HAS_FOLD = 1, 2
+
+
 @njit(cache=True, nogil=True)
 def _caption_letters(data, start, stop, caption_chars):
-    """-1 if a non-ASCII character of the caption is refused, else whether one is a letter."""
-    letters = 0
+    """-1 if a non-ASCII character of the caption is refused, else _HAS_LETTER if one is a
+    letter, plus _HAS_FOLD if one folds."""
+    found = 0
     k = start
     while k < stop:
         if data[k] < 0x80:
@@ -220,9 +261,11 @@ def _caption_letters(data, start, stop, caption_chars):
         if kind == _REFUSED:
             return -1
         if kind == _LETTER:
-            letters = 1
+            found |= _HAS_LETTER
+        elif kind == _FOLDS:
+            found |= _HAS_FOLD
         k += 2 if code < 0x800 else 3
-    return letters
+    return found
 
 
 @njit(cache=True, nogil=True)
@@ -299,9 +342,52 @@ def _source_verdict(c_dat, starts, lengths, count, s_off, s_dat, s_valid, row, n
 
 
 @njit(cache=True, nogil=True)
+def _word_runs(c_dat, start, stop, wide, caption_chars, fold_starts, fold_bytes, fold_chars, starts, lengths, hashes):
+    """(whitespace-separated words, word runs, word characters) of a caption; each run's start,
+    byte length and hash go to index 1.. of the arrays. Unless `wide` (a constant, so each
+    case compiles to its own loop) its non-ASCII characters are all separators; if it is, a
+    letter's bytes are word bytes, and a folding character counts and hashes as what it becomes."""
+    literally(wide)
+    reader_words, count, prev_space, prev_word, word_chars, high_word, folding, code = 0, 0, 1, 0, 0, 0, 0, 0
+    value = _FNV_OFFSET
+    for k in range(start, stop):
+        byte = c_dat[k]
+        cls = _CLASS[byte]
+        is_space = (cls >> 1) & 1
+        is_word = cls & 1
+        if wide and byte >= 0x80:
+            if byte >= 0xC0:  # a character's first byte decides for its other bytes
+                code = _code_at(c_dat, k, stop)
+                kind = caption_chars[code]
+                high_word = 1 if kind >= _LETTER else 0
+                folding = 1 if kind == _FOLDS else 0
+                word_chars += fold_chars[code] if folding else high_word
+            is_word = high_word
+        else:
+            word_chars += is_word
+        reader_words += prev_space & (1 - is_space)
+        prev_space = is_space
+        if is_word:
+            if not prev_word:
+                count += 1
+                starts[count] = k
+                value = _FNV_OFFSET
+            if not wide or byte < 0x80 or not folding:
+                value = (value ^ _LOWER[byte]) * _FNV_PRIME
+            elif byte >= 0xC0:
+                for f in range(fold_starts[code], fold_starts[code + 1]):
+                    value = (value ^ np.uint64(fold_bytes[f])) * _FNV_PRIME
+            hashes[count] = value
+            lengths[count] = k + 1 - starts[count]
+        prev_word = is_word
+    return reader_words, count, word_chars
+
+
+@njit(cache=True, nogil=True)
 def _screen(c_off, c_dat, c_valid, length_finish, r_off, r_dat, r_valid, s_off, s_dat, s_valid,
             min_chars, min_words, max_chars, max_words, max_repeats, max_phrase_words, min_distinct_ratio,
-            distinct_min_words, echo_words, echo_starts, classes, caption_chars, out):
+            distinct_min_words, echo_words, echo_starts, classes, caption_chars, fold_starts, fold_bytes,
+            fold_chars, out):
     words_max = max_chars // 2 + 2
     starts = np.zeros(words_max, np.int64)
     lengths = np.zeros(words_max, np.int64)
@@ -328,54 +414,39 @@ def _screen(c_off, c_dat, c_valid, length_finish, r_off, r_dat, r_valid, s_off, 
             control |= (byte < 32) | (byte == 127)
         if control:
             continue
-        letters = _caption_letters(c_dat, start, stop, caption_chars) if high & 0x80 else 0
-        if letters < 0:
+        found = _caption_letters(c_dat, start, stop, caption_chars) if high & 0x80 else 0
+        if found < 0:
             continue
+        letters = found & _HAS_LETTER
         # Word runs (index 0 collects the bytes before the first word) and their hashes, in one
-        # pass over the bytes.
-        reader_words, count, prev_space, prev_word, word_chars, high_word = 0, 0, 1, 0, 0, 0
-        value = _FNV_OFFSET
-        for k in range(start, stop):
-            byte = c_dat[k]
-            cls = _CLASS[byte]
-            is_space = (cls >> 1) & 1
-            is_word = cls & 1
-            if letters and byte >= 0x80:  # only separators otherwise: their bytes are no word
-                if byte >= 0xC0:  # a character's first byte decides for its other bytes
-                    high_word = 1 if caption_chars[_code_at(c_dat, k, stop)] == _LETTER else 0
-                is_word = high_word
-                word_chars += is_word if byte >= 0xC0 else 0
-            else:
-                word_chars += is_word
-            reader_words += prev_space & (1 - is_space)
-            prev_space = is_space
-            if is_word:
-                if not prev_word:
-                    count += 1
-                    starts[count] = k
-                    value = _FNV_OFFSET
-                low = _LOWER[byte]
-                value = (value ^ low) * _FNV_PRIME
-                hashes[count] = value
-                lengths[count] = k + 1 - starts[count]
-            prev_word = is_word
+        # pass over the bytes; a caption of ASCII and separators takes the lean loop.
+        if found:
+            reader_words, count, word_chars = _word_runs(c_dat, start, stop, True, caption_chars, fold_starts,
+                                                         fold_bytes, fold_chars, starts, lengths, hashes)
+        else:
+            reader_words, count, word_chars = _word_runs(c_dat, start, stop, False, caption_chars, fold_starts,
+                                                         fold_bytes, fold_chars, starts, lengths, hashes)
         if reader_words < max(min_words, 1) or reader_words > max_words or count == 0:
             continue
         if word_chars + count - 1 < min_chars:
             continue
-        verdict = _source_verdict(c_dat, starts[1:], lengths[1:], count, r_off, r_dat, r_valid, row, CHECK_RAW, classes, letters)
-        if verdict == JUDGE:
-            continue
-        synthetic = _source_verdict(c_dat, starts[1:], lengths[1:], count, s_off, s_dat, s_valid, row,
-                                    CHECK_SYNTHETIC, classes, letters)
-        if synthetic == JUDGE:
-            continue
-        verdict |= synthetic
+        if found & _HAS_FOLD:  # its words are not its bytes: Python compares it with the sources
+            verdict = CHECK_RAW | CHECK_SYNTHETIC
+        else:
+            verdict = _source_verdict(c_dat, starts[1:], lengths[1:], count, r_off, r_dat, r_valid, row, CHECK_RAW,
+                                      classes, letters)
+            if verdict == JUDGE:
+                continue
+            synthetic = _source_verdict(c_dat, starts[1:], lengths[1:], count, s_off, s_dat, s_valid, row,
+                                        CHECK_SYNTHETIC, classes, letters)
+            if synthetic == JUDGE:
+                continue
+            verdict |= synthetic
         echo, distinct = False, 0
         for w in range(1, count + 1):
             h = hashes[w]
-            if h == sentence and lengths[w] == 8:  # "sentence" then ":" may be a template label
-                m = starts[w] + 8
+            if h == sentence:  # "sentence" (or "ſentence") then ":" may be a template label
+                m = starts[w] + lengths[w]
                 while m < stop and c_dat[m] == 32:
                     m += 1
                 echo |= m < stop and c_dat[m] == 58

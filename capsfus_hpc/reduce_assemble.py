@@ -117,9 +117,8 @@ def _judge_counts(plan: ReducePlan) -> tuple[int, dict[str, int]]:
     return ok, dict(sorted(rejected.items()))
 
 
-def _write(data: DataWriter, kept: pa.Table, rejects: DataWriter, dropped: pa.Table | None,
-           duplicates: DataWriter | None, found: pa.Table | None) -> None:
-    data.write(kept)
+def _write_dropped(rejects: DataWriter, dropped: pa.Table | None, duplicates: DataWriter | None,
+                   found: pa.Table | None) -> None:
     if dropped is not None:
         rejects.write(dropped)
     if found is not None:
@@ -157,23 +156,28 @@ def assemble_task(final_dir: str, on_rows=None) -> dict:
                                                     options.row_group_rows)) if options.write_duplicates else None
         data = stack.enter_context(DataWriter(out.data_file, data_schema, options.target_file_bytes,
                                               options.row_group_rows))
-        # One thread does all the writing (parquet encoding releases the GIL), so encoding the
-        # output overlaps splitting the next batch; at most two batches wait for it.
-        writer, pending = stack.enter_context(ThreadPoolExecutor(1)), deque()
+        # Two threads write (parquet encoding releases the GIL): one the data files, the
+        # longest job of this stage, and one the rejects and duplicates; so encoding overlaps
+        # splitting the next batch. Each file has one writer; at most two batches wait.
+        data_writer = stack.enter_context(ThreadPoolExecutor(1))
+        dropped_writer = stack.enter_context(ThreadPoolExecutor(1))
+        pending = deque()
         for table in _judged_rows(plan):
             kept, dropped_rows = dropped.split(table, manifest.columns.key)
             rows_out += kept.num_rows
             found = None
             if dropped_rows is not None and duplicates is not None:
                 found = conform(dropped_rows.filter(pc.is_valid(dropped_rows.column(DUPLICATE_OF))), DUPLICATES_SCHEMA)
-            pending.append(writer.submit(_write, data, conform(kept, data_schema), rejects, dropped_rows,
-                                         duplicates, found))
+            pending.append((data_writer.submit(data.write, conform(kept, data_schema)),
+                            dropped_writer.submit(_write_dropped, rejects, dropped_rows, duplicates, found)))
             while len(pending) > 2:
-                pending.popleft().result()
+                for future in pending.popleft():
+                    future.result()
             if on_rows:
                 on_rows(table.num_rows)
         while pending:
-            pending.popleft().result()
+            for future in pending.popleft():
+                future.result()
     duplicates_by_kind = dropped.counts()
     missing_rows = sum(gap.rows for gap in gaps)
     stats = {

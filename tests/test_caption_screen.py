@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from capsfus_hpc.caption_rules import DEFAULT_RULES, STRICT_ECHO_PHRASES, CaptionRules, judge
-from capsfus_hpc.caption_screen import CLEAR, judge_column, screen
+from capsfus_hpc.caption_screen import CHECK_RAW, CHECK_SYNTHETIC, CLEAR, judge_column, screen
 
 from .test_caption_rules import bench
 
@@ -37,7 +37,8 @@ def _adversarial(records, rng):
               "\u2013", "\u00a0", "ﬁ", "ß", "Ａ", "é", "e\u0301", "\u0301", "Кот", "猫", "\x1c", "\t", "\n", "_", "...",
               "a b c", "a b c a b c a b c a b c", "word", "WORD", "\ufffd", "\ue000", "🙂", "T-ROC", "  ", ":", "a fine profile",
               "café", "CAFÉ", "Straße", "ǅ", "\u1100\u1161", "é\u0301", "ς", "İ", "кот кот кот кот", "ª", "²", "™",
-              "\u3000", "\u2028", "\u200b", "sentence\u00a0:", "Ω"]
+              "\u3000", "\u2028", "\u200b", "sentence\u00a0:", "Ω", "ſentence:", "ſ", "Nike™", "ÉCOLE", "КОТ", "\u212b",
+              "\u212a", "ﬆ", "Ⅸ", "①", "ｓｅｎｔｅｎｃｅ:", "½", "℃", "™ ™ ™ ™", "TM tm ™", "Σ", "ǈ"]
     cases = []
     for i in range(3000):
         r = records[i % len(records)]
@@ -45,7 +46,7 @@ def _adversarial(records, rng):
         if rng.random() < 0.5:
             fused = r["capsfuion_official"] + " " + fused
         raw = rng.choice([r["laion_2b"], fused, fused.upper() + " \u2013", fused.replace(" ", "\u00a0"), fused.casefold(),
-                          unicodedata.normalize("NFD", fused), fused.replace("é", "É"),
+                          unicodedata.normalize("NFD", fused), fused.replace("é", "É"), fused.replace("™", "tm"),
                           "ﬁ" + fused, bench._fullwidth(fused), fused.replace("fi", "ﬁ"), None])
         cases.append((fused, raw, r["laion_coco"], rng.choice(["eos", "length", None])))
     return cases
@@ -76,3 +77,16 @@ def test_non_ascii_letters_count_as_characters_not_bytes():
              ("Un café crème à Paris, près de la gare.", "un café crème à paris près de la gare", None, "eos")]
     flags = _assert_same_as_judge(cases, DEFAULT_RULES)
     assert flags[1] == CLEAR  # screened, not sent to judge
+
+
+def test_characters_that_fold_into_words_are_screened_not_judged():
+    # É -> é, ™ -> tm, Н -> н: the screen hashes what they become, and leaves the comparison with
+    # the sources to Python (CHECK flags), not the whole judge.
+    cases = [("A Nike™ shoe on a white floor.", "nike tm shoe", None, "eos"),
+             ("ÉCOLE primaire de la ville, vue de la rue.", None, None, "eos"),
+             ("Кот сидит на окне.", None, None, "eos"),
+             ("A Nike™ shoe on a white floor.", "a niketm shoe on a white floor", None, "eos"),
+             ("ſentence: a cat on a mat.", None, None, "eos")]
+    flags = _assert_same_as_judge(cases, DEFAULT_RULES)
+    assert flags[:3].tolist() == [CHECK_RAW | CHECK_SYNTHETIC] * 3
+    assert judge(*cases[3], DEFAULT_RULES)[0] == "copy_through" and judge(*cases[4], DEFAULT_RULES)[0] == "prompt_echo"
