@@ -7,7 +7,7 @@ clear a caption `judge` would reject), and tests/test_caption_screen.py checks e
 
 It screens captions of printable ASCII plus non-ASCII separators (dashes, curly quotes),
 lower-case letters that NFKC and casefold leave alone (é, Cyrillic, CJK), and characters they
-turn into word characters (É -> é, ™ -> tm, ² -> 2): 99.5% of the real ones. For them
+turn into word characters (É -> é, ™ -> tm, ² -> 2): 99.4% of the real ones. For them
 `caption_words` is the runs of word characters, lower-cased or folded, which bytes can follow.
 Words are compared by a 64-bit hash; a collision can only make two different words look equal,
 which sends a caption to `judge`, never clears it. Why numba: the rules need per-word logic
