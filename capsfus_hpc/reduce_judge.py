@@ -76,11 +76,12 @@ class _Spill:
 
 def _judge_batch(table: pa.Table, columns, plan, spill: _Spill, counts: Counter) -> pa.Table:
     """Rejected rows of the batch (row_id, reason, detail); spills the keys of the rest.
-    Only the columns the rules and keys read are filtered, not the whole batch."""
+    Only the columns the rules and keys read are filtered, not the whole batch; after the rules,
+    only those the keys read."""
     ok = pc.equal(table.column(STATUS), STATUS_OK).fill_null(False)
-    needed = [ROW_ID, FUSED_CAPTION, columns.raw_caption, columns.synthetic_caption, FINISH_REASON]
-    if columns.key is not None and columns.key in table.column_names:
-        needed.append(columns.key)
+    has_key = columns.key is not None and columns.key in table.column_names
+    keyed = [ROW_ID, *([columns.key] if has_key else []), *([FUSED_CAPTION] if CAPTION in plan.kinds else [])]
+    needed = [*keyed, FUSED_CAPTION, columns.raw_caption, columns.synthetic_caption, FINISH_REASON]
     rejected = []
     if not pc.all(ok).as_py():
         invalid = table.filter(pc.invert(ok))
@@ -100,9 +101,9 @@ def _judge_batch(table: pa.Table, columns, plan, spill: _Spill, counts: Counter)
                                   pa.array(details, pa.string())], schema=JUDGED_SCHEMA))
         keep = np.ones(table.num_rows, np.bool_)
         keep[list(rows)] = False
-        table = table.select(list(dict.fromkeys(needed))).filter(pa.array(keep))
+        table = table.select(list(dict.fromkeys(keyed))).filter(pa.array(keep))
     row_ids = table.column(ROW_ID).combine_chunks()
-    if columns.key is not None and columns.key in table.column_names:
+    if has_key:
         spill.write(KEY, row_ids, normalize_url_column(table.column(columns.key).cast(pa.string())))
     if CAPTION in plan.kinds:
         spill.write(CAPTION, row_ids, normalize_caption_column(table.column(FUSED_CAPTION)))
