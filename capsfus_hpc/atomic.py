@@ -29,17 +29,18 @@ def fsync_dir(folder: Path) -> None:
 
 
 def new_file_mode() -> int:
-    """The mode open() gives a new file: 0o666 less the umask. (mkstemp makes 0o600, which would
-    hide a finished dataset from the rest of the group.)"""
+    """The mode open() gives a new file, 0o666 less the umask, and never writable by group or
+    others (permissions.py says why). mkstemp's 0o600 would hide a finished dataset from the
+    rest of the group."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
+                return 0o644 & ~int(line.split()[1], 8)
     except (OSError, ValueError):
         pass
     mask = os.umask(0o077)  # no /proc: read the umask by setting it (briefly stricter, never laxer)
     os.umask(mask)
-    return 0o666 & ~mask
+    return 0o644 & ~mask
 
 
 @contextmanager

@@ -6,8 +6,8 @@ which names the reason (or, rarely, clears it after all). So the screen must be 
 clear a caption `judge` would reject), and tests/test_caption_screen.py checks exactly that.
 
 It screens captions of printable ASCII plus non-ASCII separators (dashes, curly quotes),
-lower-case letters that NFKC and casefold leave alone (é, Cyrillic, CJK), and characters they
-turn into word characters (É -> é, ™ -> tm, ² -> 2): 99.4% of the real ones. For them
+lower-case letters that NFKC and casefold leave alone (é, Cyrillic, CJK), and word characters
+they fold into others (É -> é, ß -> ss, ² -> 2): 99.2% of the real ones. For them
 `caption_words` is the runs of word characters, lower-cased or folded, which bytes can follow.
 Words are compared by a 64-bit hash; a collision can only make two different words look equal,
 which sends a caption to `judge`, never clears it. Why numba: the rules need per-word logic
@@ -157,32 +157,41 @@ _WORD_CHAR = re.compile(r"\w")
 
 @functools.cache
 def _composes() -> frozenset[str]:
-    """Characters that canonical composition may join onto the character before them."""
+    """Characters that canonical composition may join onto the character before them (Hangul
+    jamo, composed by rule rather than by table, are told by _JAMO)."""
     seconds = set()
-    for code in range(0x10000):
+    for code in range(0x110000):
         parts = unicodedata.decomposition(chr(code)).split()
         if len(parts) == 2 and not parts[0].startswith("<"):
             seconds.add(chr(int(parts[1], 16)))
     return frozenset(seconds)
 
 
+def _is_jamo(char: str) -> bool:
+    return any(a <= ord(char) <= b for a, b in _JAMO)
+
+
 def _caption_char(code: int, words: str) -> int:
     char = chr(code)
     if char.isspace() or unicodedata.category(char)[0] in "MC" or _GARBAGE.search(char):
         return _REFUSED
+    decomposed = unicodedata.normalize("NFKC", char)
+    # Joins the character before it (ﾞ becomes a combining mark), or holds jamo (ㄱ folds to one).
+    if unicodedata.combining(decomposed[0]) or decomposed[0] in _composes() or any(map(_is_jamo, decomposed)):
+        return _REFUSED
     if not words:
         return _SEPARATES
-    if any(a <= code <= b for a, b in _JAMO):
-        return _REFUSED
-    decomposed = unicodedata.normalize("NFKC", char)
     if any(unicodedata.combining(c) or c in _composes() for c in decomposed):
         return _REFUSED
     stable = decomposed == char == char.casefold() and words == char
     if stable and unicodedata.category(char) in ("Ll", "Lo"):
         return _LETTER
+    # Only a word character may fold: judge's template-label pattern reads the raw text, where
+    # "™sentence:" starts with a non-word character, while the folded words say "tmsentence".
     folded = decomposed.casefold()
-    if words == folded and all(_WORD_CHAR.match(c) and not unicodedata.combining(c) and c not in _composes()
-                               for c in folded):
+    if _WORD_CHAR.match(char) and words == folded and all(
+            _WORD_CHAR.match(c) and not unicodedata.combining(c) and c not in _composes() and not _is_jamo(c)
+            for c in folded):
         return _FOLDS
     return _REFUSED
 
@@ -195,7 +204,7 @@ def _char_tables() -> tuple[np.ndarray, ...]:
     """(source class, caption class, then what a folding character becomes: where its UTF-8
     bytes start in fold_bytes, the bytes, how many characters) of every BMP code point: a second
     to compute, so kept beside numba's cache, per Unicode version."""
-    cache = Path(__file__).parent / "__pycache__" / f"char_tables_v2_{unicodedata.unidata_version}.npz"
+    cache = Path(__file__).parent / "__pycache__" / f"char_tables_v3_{unicodedata.unidata_version}.npz"
     try:
         with np.load(cache) as saved:
             return tuple(saved[name] for name in _TABLES)
@@ -468,13 +477,15 @@ def _screen(c_off, c_dat, c_valid, length_finish, r_off, r_dat, r_valid, s_off, 
 
 
 def _echo_phrases(rules: CaptionRules) -> tuple[np.ndarray, np.ndarray]:
-    """The echo phrases as word hashes, flat, with each phrase's start (and a final end). A
-    phrase with a non-ASCII word cannot occur in an ASCII caption, so it is left out."""
+    """The echo phrases as word hashes, flat, with each phrase's start (and a final end). Words
+    are hashed as the UTF-8 of their normalised form, as the screen hashes a caption's letters
+    and folded characters."""
     words, starts = [], [0]
     for phrase_words, _ in rules._echo:
-        if phrase_words.isascii():
-            words += [word_hash(np.frombuffer(w.encode(), np.uint8), 0, len(w)) for w in phrase_words.split()]
-            starts.append(len(words))
+        for word in phrase_words.split():
+            data = np.frombuffer(word.encode(), np.uint8)
+            words.append(word_hash(data, 0, len(data)))
+        starts.append(len(words))
     return np.array(words, np.uint64), np.array(starts, np.int64)
 
 

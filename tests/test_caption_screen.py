@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from capsfus_hpc.caption_rules import DEFAULT_RULES, STRICT_ECHO_PHRASES, CaptionRules, judge
-from capsfus_hpc.caption_screen import CHECK_RAW, CHECK_SYNTHETIC, CLEAR, judge_column, screen
+from capsfus_hpc.caption_screen import CHECK_RAW, CHECK_SYNTHETIC, CLEAR, JUDGE, judge_column, screen
 
 from .test_caption_rules import bench
 
@@ -38,7 +38,8 @@ def _adversarial(records, rng):
               "a b c", "a b c a b c a b c a b c", "word", "WORD", "\ufffd", "\ue000", "🙂", "T-ROC", "  ", ":", "a fine profile",
               "café", "CAFÉ", "Straße", "ǅ", "\u1100\u1161", "é\u0301", "ς", "İ", "кот кот кот кот", "ª", "²", "™",
               "\u3000", "\u2028", "\u200b", "sentence\u00a0:", "Ω", "ſentence:", "ſ", "Nike™", "ÉCOLE", "КОТ", "\u212b",
-              "\u212a", "ﬆ", "Ⅸ", "①", "ｓｅｎｔｅｎｃｅ:", "½", "℃", "™ ™ ™ ™", "TM tm ™", "Σ", "ǈ"]
+              "\u212a", "ﬆ", "Ⅸ", "①", "ｓｅｎｔｅｎｃｅ:", "½", "℃", "™ ™ ™ ™", "TM tm ™", "Σ", "ǈ", "ㄱㅏ", "가", "ㄳ",
+              "ｶﾞ", "かﾞ", "ガ", "™sentence:", "Ⓐsentence:", "´"]
     cases = []
     for i in range(3000):
         r = records[i % len(records)]
@@ -80,13 +81,34 @@ def test_non_ascii_letters_count_as_characters_not_bytes():
 
 
 def test_characters_that_fold_into_words_are_screened_not_judged():
-    # É -> é, ™ -> tm, Н -> н: the screen hashes what they become, and leaves the comparison with
-    # the sources to Python (CHECK flags), not the whole judge.
-    cases = [("A Nike™ shoe on a white floor.", "nike tm shoe", None, "eos"),
+    # É -> é, ß -> ss, ﬁ -> fi, Н -> н: the screen hashes what they become, and leaves the
+    # comparison with the sources to Python (CHECK flags), not the whole judge. ™ folds too, but
+    # is no word character itself, so it goes to judge.
+    cases = [("A ﬁne Straße sign on a white wall.", "a fine strasse sign", None, "eos"),
              ("ÉCOLE primaire de la ville, vue de la rue.", None, None, "eos"),
              ("Кот сидит на окне.", None, None, "eos"),
-             ("A Nike™ shoe on a white floor.", "a niketm shoe on a white floor", None, "eos"),
-             ("ſentence: a cat on a mat.", None, None, "eos")]
+             ("A ﬁne Straße sign on a white wall.", "a fine strasse sign on a white wall", None, "eos"),
+             ("ſentence: a cat on a mat.", None, None, "eos"),
+             ("A Nike™ shoe on a white floor.", None, None, "eos")]
     flags = _assert_same_as_judge(cases, DEFAULT_RULES)
-    assert flags[:3].tolist() == [CHECK_RAW | CHECK_SYNTHETIC] * 3
+    assert flags[:3].tolist() == [CHECK_RAW | CHECK_SYNTHETIC] * 3 and flags[5] == JUDGE
     assert judge(*cases[3], DEFAULT_RULES)[0] == "copy_through" and judge(*cases[4], DEFAULT_RULES)[0] == "prompt_echo"
+
+
+def test_characters_that_compose_with_a_neighbour_or_hide_a_label_go_to_judge():
+    # Found in review: compatibility jamo fold into jamo that NFKC joins into one syllable, the
+    # halfwidth voiced mark becomes a combining mark, and a non-word character that folds into
+    # letters ("™sentence:") hides the template label from the folded words.
+    faults = ["hello world 가 가 ㄱㅏ 가", "abc de ㄱㅏㄴ", "hello world が が かﾞ が", "xyz zz ｶﾞｶ",
+              "™sentence: a nice photo of a cat", "(™sentence: a cat on a mat", "Ⓐsentence: a cat on a mat"]
+    other = "unrelated words here"
+    flags = _assert_same_as_judge([(c, other, other, "eos") for c in faults], DEFAULT_RULES)
+    assert (flags != CLEAR).all() and all(judge(c, other, other, "eos", DEFAULT_RULES) for c in faults)
+
+
+def test_echo_phrases_with_non_ascii_words_are_screened_too():
+    rules = CaptionRules(echo_phrases=("café au lait",))
+    cases = [(c, None, None, "eos") for c in ("I like café au lait today", "I like CAFÉ au lait today",
+                                               "I like cafe au lait today")]
+    flags = _assert_same_as_judge(cases, rules)
+    assert flags[2] == CLEAR and [judge(*c, rules)[0] for c in cases[:2]] == ["prompt_echo"] * 2

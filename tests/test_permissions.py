@@ -54,8 +54,9 @@ def test_nothing_a_run_creates_is_writable_by_others_even_under_a_lax_umask(tmp_
 
 
 def test_finished_files_are_as_readable_as_the_umask_allows(tmp_path):
-    # A final dataset is read by the rest of the group: not the 0o600 of a temporary file.
-    for umask, mode in ((0o022, 0o644), (0o027, 0o640), (0o077, 0o600)):
+    # A final dataset is read by the rest of the group (not the 0o600 of a temporary file),
+    # and written by nobody else, whatever the umask.
+    for umask, mode in ((0o022, 0o644), (0o027, 0o640), (0o077, 0o600), (0o002, 0o644), (0, 0o644)):
         old = os.umask(umask)
         try:
             atomic_write_bytes(tmp_path / f"{umask:o}.json", b"{}")
