@@ -146,10 +146,10 @@ _SEPARATOR, _LASTING, _OTHER = 0, 1, 2
 
 # The non-ASCII characters a fused caption may hold and still be screened: a separator (what
 # `normalized` drops, not whitespace, not a combining mark, not garbage), a lower-case letter
-# that NFKC and casefold leave alone, or a character they fold into word characters only (one
-# word: É -> é, ™ -> tm, ß -> ss; not ½ -> "1 2"). Folded or not, none of its characters may
-# compose with a neighbour (Hangul jamo and a few marks do), so a caption's words are its
-# characters' words, joined. Anything else sends the caption to judge.
+# that NFKC and casefold leave alone, or a word character they fold into word characters only
+# (one word: É -> é, ß -> ss; not ½ -> "1 2", and not ™, which is no word character). Folded or
+# not, none of its characters may compose with a neighbour (Hangul jamo and a few marks do), so
+# a caption's words are its characters' words, joined. Anything else sends the caption to judge.
 _REFUSED, _SEPARATES, _LETTER, _FOLDS = 0, 1, 2, 3
 _JAMO = ((0x1100, 0x11FF), (0xA960, 0xA97F), (0xD7B0, 0xD7FF))
 _WORD_CHAR = re.compile(r"\w")
@@ -202,8 +202,8 @@ _TABLES = ("sources", "captions", "fold_starts", "fold_bytes", "fold_chars")
 @functools.cache
 def _char_tables() -> tuple[np.ndarray, ...]:
     """(source class, caption class, then what a folding character becomes: where its UTF-8
-    bytes start in fold_bytes, the bytes, how many characters) of every BMP code point: a second
-    to compute, so kept beside numba's cache, per Unicode version."""
+    bytes start in fold_bytes, the bytes, how many characters) of every BMP code point: seconds
+    to compute, so kept beside numba's cache, per Unicode version (and version of these rules)."""
     cache = Path(__file__).parent / "__pycache__" / f"char_tables_v3_{unicodedata.unidata_version}.npz"
     try:
         with np.load(cache) as saved:
