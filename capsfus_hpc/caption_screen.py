@@ -254,7 +254,7 @@ _HAS_LETTER, _HAS_FOLD = 1, 2
 
 
 @njit(cache=True, nogil=True)
-def _caption_letters(data, start, stop, caption_chars):
+def _non_ascii_found(data, start, stop, caption_chars):
     """-1 if a non-ASCII character of the caption is refused, else _HAS_LETTER if one is a
     letter, plus _HAS_FOLD if one folds."""
     found = 0
@@ -423,7 +423,7 @@ def _screen(c_off, c_dat, c_valid, length_finish, r_off, r_dat, r_valid, s_off, 
             control |= (byte < 32) | (byte == 127)
         if control:
             continue
-        found = _caption_letters(c_dat, start, stop, caption_chars) if high & 0x80 else 0
+        found = _non_ascii_found(c_dat, start, stop, caption_chars) if high & 0x80 else 0
         if found < 0:
             continue
         letters = found & _HAS_LETTER
