@@ -26,10 +26,12 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from capsfus_hpc.columns import ColumnMapping
 from capsfus_hpc.fingerprint import Fingerprint
 from capsfus_hpc.manifest import InputFile, Manifest, Shard
+from capsfus_hpc.parquet_layout import part_bytes
 from capsfus_hpc.paths import RunPaths
 from capsfus_hpc.progress import ProgressRecord, write_progress
 from capsfus_hpc.settings import RunSettings
@@ -65,7 +67,6 @@ def generate(run_dir: Path, rows: int, rows_per_shard: int, chunk_rows: int, dup
     settings = RunSettings(manifest=str(manifest_path), manifest_sha256=sha256_file(manifest_path), model="generated",
                            model_revision=None, prompt_template_sha256=template_sha256(),
                            columns=ColumnMapping().as_dict(), chunk_rows=chunk_rows)
-    atomic_write_json(paths.run_config, settings.as_dict())
     for shard in shards:
         record = ProgressRecord.new(shard)
         for start in range(shard.row_id_start, shard.row_id_stop, chunk_rows):
@@ -84,6 +85,13 @@ def generate(run_dir: Path, rows: int, rows_per_shard: int, chunk_rows: int, dup
             })
             record = commit_chunk(paths, record, table, 0.0)
         write_progress(paths.progress(shard.id), record)
+    atomic_write_json(paths.run_config, settings.as_dict())  # last: the folder is complete
+
+
+def parts_current(run_dir: Path) -> bool:
+    """Whether the run folder is complete and its parts are encoded as the worker encodes them now."""
+    first = RunPaths(run_dir).part(0, 0)
+    return (run_dir / "run.json").exists() and first.exists() and part_bytes(pq.read_table(first)) == first.read_bytes()
 
 
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -137,7 +145,7 @@ def main() -> None:
     args = parser.parse_args()
 
     run_dir = args.work / f"run-{args.rows}"
-    if not (run_dir / "run.json").exists():
+    if not parts_current(run_dir):
         shutil.rmtree(run_dir, ignore_errors=True)
         began = time.perf_counter()
         generate(run_dir, args.rows, args.rows_per_shard, args.chunk_rows, args.dup_rate, seed=0)

@@ -35,8 +35,14 @@ JUDGE = 1
 CHECK_RAW = 2  # clear unless the fused caption copies a non-ASCII raw caption (checked in Python)
 CHECK_SYNTHETIC = 4
 
-_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
-_FNV_PRIME = np.uint64(0x100000001B3)
+# Byte classes for the caption scan: a word byte ([A-Za-z0-9_]) or a space. (Control characters
+# are refused before the scan; non-ASCII bytes are told apart by _caption_chars.)
+_WORD, _SPACE = 1, 2
+_CLASS = np.array([(_WORD if chr(b).isascii() and (chr(b).isalnum() or b == 95) else 0) | (_SPACE if b == 32 else 0)
+                   for b in range(256)], np.uint8)
+_LOWER = np.array([b | 0x20 if b < 0x80 else b for b in range(256)], np.uint8)  # [A-Z_] -> [a-z\x7f]
+_SEED = np.uint64(0x9E3779B97F4A7C15)
+_MIX = np.uint64(0xFF51AFD7ED558CCD)
 
 
 def string_buffers(array: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -66,12 +72,35 @@ def _lower(byte):
 
 
 @njit(cache=True, nogil=True)
+def _mix(value):
+    value *= _MIX  # odd, so both steps are one-to-one
+    return value ^ (value >> np.uint64(32))
+
+
+@njit(cache=True, nogil=True)
+def _feed(value, chunk, shift, byte):
+    """Add a word's next byte: bytes gather 8 to a chunk, and each full chunk is mixed in. One
+    OR a byte keeps the dependency chain short; a multiply a byte made hashing half the scan."""
+    chunk |= np.uint64(byte) << shift
+    shift += np.uint64(8)
+    if shift == np.uint64(64):
+        return _mix(value ^ chunk), np.uint64(0), np.uint64(0)
+    return value, chunk, shift
+
+
+@njit(cache=True, nogil=True)
+def _finish(value, chunk, shift):
+    return _mix(value ^ chunk) if shift else value
+
+
+@njit(cache=True, nogil=True)
 def word_hash(data, start, stop):
-    """FNV-1a of the lower-cased bytes data[start:stop]."""
-    value = _FNV_OFFSET
+    """The hash of the word data[start:stop] (ASCII bytes lower-cased by setting 0x20, which is
+    one-to-one on word bytes, others as they are). A word of up to 8 bytes has a hash of its own."""
+    value, chunk, shift = _SEED, np.uint64(0), np.uint64(0)
     for k in range(start, stop):
-        value = (value ^ np.uint64(_lower(data[k]))) * _FNV_PRIME
-    return value
+        value, chunk, shift = _feed(value, chunk, shift, _LOWER[data[k]])
+    return _finish(value, chunk, shift)
 
 
 @njit(cache=True, nogil=True)
@@ -126,14 +155,6 @@ def _has_loop(hashes, count, max_repeats, max_phrase_words):
             else:
                 run = 0
     return False
-
-
-# Byte classes for the caption scan: a word byte ([A-Za-z0-9_]) or a space. (Control characters
-# are refused before the scan; non-ASCII bytes are told apart by _caption_chars.)
-_WORD, _SPACE = 1, 2
-_CLASS = np.array([(_WORD if chr(b).isascii() and (chr(b).isalnum() or b == 95) else 0) | (_SPACE if b == 32 else 0)
-                   for b in range(256)], np.uint8)
-_LOWER = np.array([b + 32 if 65 <= b <= 90 else b for b in range(256)], np.uint64)
 
 
 # What a source caption's non-ASCII character becomes in `normalized`, on its own: nothing but
@@ -355,40 +376,58 @@ def _word_runs(c_dat, start, stop, wide, caption_chars, fold_starts, fold_bytes,
     """(whitespace-separated words, word runs, word characters) of a caption; each run's start,
     byte length and hash go to index 1.. of the arrays. Unless `wide` (a constant, so each
     case compiles to its own loop) its non-ASCII characters are all separators; if it is, a
-    letter's bytes are word bytes, and a folding character counts and hashes as what it becomes."""
+    letter's bytes are word bytes, and a folding character counts and hashes as what it becomes.
+    A word is read in a loop of its own: one hard-to-predict branch a word, not two."""
     literally(wide)
-    reader_words, count, prev_space, prev_word, word_chars, high_word, folding, code = 0, 0, 1, 0, 0, 0, 0, 0
-    value = _FNV_OFFSET
-    for k in range(start, stop):
+    reader_words, count, word_chars, prev_space = 0, 0, 0, 1
+    k = start
+    while k < stop:
         byte = c_dat[k]
-        cls = _CLASS[byte]
-        is_space = (cls >> 1) & 1
-        is_word = cls & 1
-        if wide and byte >= 0x80:
-            if byte >= 0xC0:  # a character's first byte decides for its other bytes
+        if wide and byte >= 0x80:  # a character's first byte: _non_ascii_found checked them all
+            code = _code_at(c_dat, k, stop)
+            if caption_chars[code] < _LETTER:
+                reader_words += prev_space
+                prev_space = 0
+                k += 2 if code < 0x800 else 3
+                continue
+        elif not _CLASS[byte] & _WORD:
+            is_space = (_CLASS[byte] >> 1) & 1
+            reader_words += prev_space & (1 - is_space)
+            prev_space = is_space
+            k += 1
+            continue
+        reader_words += prev_space
+        prev_space = 0
+        count += 1
+        starts[count] = k
+        value, chunk, shift = _SEED, np.uint64(0), np.uint64(0)
+        while True:
+            if wide and byte >= 0x80:
                 code = _code_at(c_dat, k, stop)
-                kind = caption_chars[code]
-                high_word = 1 if kind >= _LETTER else 0
-                folding = 1 if kind == _FOLDS else 0
-                word_chars += fold_chars[code] if folding else high_word
-            is_word = high_word
-        else:
-            word_chars += is_word
-        reader_words += prev_space & (1 - is_space)
-        prev_space = is_space
-        if is_word:
-            if not prev_word:
-                count += 1
-                starts[count] = k
-                value = _FNV_OFFSET
-            if not wide or byte < 0x80 or not folding:
-                value = (value ^ _LOWER[byte]) * _FNV_PRIME
-            elif byte >= 0xC0:
-                for f in range(fold_starts[code], fold_starts[code + 1]):
-                    value = (value ^ np.uint64(fold_bytes[f])) * _FNV_PRIME
-            hashes[count] = value
-            lengths[count] = k + 1 - starts[count]
-        prev_word = is_word
+                size = 2 if code < 0x800 else 3
+                if caption_chars[code] == _FOLDS:
+                    for f in range(fold_starts[code], fold_starts[code + 1]):
+                        value, chunk, shift = _feed(value, chunk, shift, fold_bytes[f])
+                    word_chars += fold_chars[code]
+                else:
+                    for f in range(k, k + size):
+                        value, chunk, shift = _feed(value, chunk, shift, c_dat[f])
+                    word_chars += 1
+                k += size
+            else:
+                value, chunk, shift = _feed(value, chunk, shift, _LOWER[byte])
+                word_chars += 1
+                k += 1
+            if k >= stop:
+                break
+            byte = c_dat[k]
+            if wide and byte >= 0x80:
+                if caption_chars[_code_at(c_dat, k, stop)] < _LETTER:
+                    break
+            elif not _CLASS[byte] & _WORD:
+                break
+        hashes[count] = _finish(value, chunk, shift)
+        lengths[count] = k - starts[count]
     return reader_words, count, word_chars
 
 
@@ -401,16 +440,18 @@ def _screen(c_off, c_dat, c_valid, length_finish, r_off, r_dat, r_valid, s_off, 
     starts = np.zeros(words_max, np.int64)
     lengths = np.zeros(words_max, np.int64)
     hashes = np.zeros(words_max, np.uint64)
-    size = 1
-    while size < 4 * words_max:
+    size = 16
+    while size < 2 * words_max:
         size *= 2
-    mask = np.uint64(size - 1)
     slots = np.zeros(size, np.uint64)  # a per-row set of word hashes, told apart by stamp
     stamps = np.zeros(size, np.int64)
     sentence = word_hash(np.frombuffer(b"sentence", np.uint8), 0, 8)
-    echo_bloom = np.uint64(0)  # bits of the echo phrases' first words, to skip most words fast
+    # Two 64-bit filters of the echo phrases' first words (by two fields of the hash), so that
+    # nearly all other words are passed over fast, common short ones included.
+    echo_low, echo_high = np.uint64(0), np.uint64(0)
     for e in range(len(echo_starts) - 1):
-        echo_bloom |= np.uint64(1) << (echo_words[echo_starts[e]] & np.uint64(63))
+        echo_low |= np.uint64(1) << (echo_words[echo_starts[e]] & np.uint64(63))
+        echo_high |= np.uint64(1) << ((echo_words[echo_starts[e]] >> np.uint64(58)) & np.uint64(63))
     for row in range(len(out)):
         out[row] = JUDGE
         start, stop = c_off[row], c_off[row + 1]
@@ -452,6 +493,10 @@ def _screen(c_off, c_dat, c_valid, length_finish, r_off, r_dat, r_valid, s_off, 
                 continue
             verdict |= synthetic
         echo, distinct = False, 0
+        used = 16  # the set's slots this row: at most half full, and few enough to stay in L1 cache
+        while used < 2 * count:
+            used *= 2
+        mask = np.uint64(used - 1)
         for w in range(1, count + 1):
             h = hashes[w]
             if h == sentence:  # "sentence" (or "ſentence") then ":" may be a template label
@@ -459,7 +504,7 @@ def _screen(c_off, c_dat, c_valid, length_finish, r_off, r_dat, r_valid, s_off, 
                 while m < stop and c_dat[m] == 32:
                     m += 1
                 echo |= m < stop and c_dat[m] == 58
-            if (echo_bloom >> (h & np.uint64(63))) & np.uint64(1):
+            if (echo_low >> (h & np.uint64(63))) & (echo_high >> (h >> np.uint64(58))) & np.uint64(1):
                 echo |= _echo_at(hashes, w, count, echo_words, echo_starts)
             slot = np.int64(h & mask)
             while stamps[slot] == row + 1 and slots[slot] != h:

@@ -11,14 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .atomic import atomic_path
-
-
-def statistics_columns(schema: pa.Schema) -> list[str]:
-    """The columns whose row groups get min/max statistics: all but the text ones. Rows are in
-    row id order, so row_id ranges let a reader skip row groups; min and max of captions or URLs
-    let it skip nothing, and computing them costs a quarter of the writing."""
-    text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
-    return [f.name for f in schema if not any(is_text(f.type) for is_text in text)]
+from .parquet_layout import statistics_columns
 
 
 class DataWriter:

@@ -16,7 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import __version__, faults
 from .atomic import atomic_write_bytes, sha256_bytes
@@ -28,6 +27,7 @@ from .errors import CapsfusError
 from .integrity import damaged_chunks
 from .lease import LeaseLost, ShardLease
 from .manifest import Manifest, verify_input
+from .parquet_layout import part_bytes
 from .paths import RunPaths
 from .permissions import check_folders, restrict_umask
 from .preemption import NEVER_STOP, StopRequest, WindowAborted, requeue_own_task, restart_count
@@ -123,9 +123,7 @@ def commit_chunk(paths: RunPaths, record: ProgressRecord, table: pa.Table, secon
                  index: int | None = None) -> ProgressRecord:
     """Make one chunk durable and return the progress record that now names it: the next chunk,
     or with `index`, a regenerated chunk in place of a damaged one."""
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    data = sink.getvalue().to_pybytes()
+    data = part_bytes(table)
     replacing = index is not None
     index = len(record.chunks) if index is None else index
     row_ids = table.column(ROW_ID)

@@ -71,6 +71,19 @@ def test_progress_record_names_durable_parts_with_their_checksums(tmp_path, real
     assert record.last_attempt.ended_at is not None and record.last_attempt.error is None
 
 
+def test_parts_keep_dictionaries_and_statistics_only_where_they_pay(tmp_path, real_records, smoke_model):
+    source = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:20]))
+    paths = make_run(tmp_path, [source], smoke_model, rows_per_shard=20, chunk_rows=20, max_new_tokens=8)
+    run_shards(str(paths.root), [0])
+    group = pq.ParquetFile(paths.part(0, 0)).metadata.row_group(0)
+    by_name = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
+    # Captions and URLs are unique within a part: stored plain, without min/max.
+    for name in ("fused_caption", "laion_2b", "laion_coco", "image_url"):
+        assert "RLE_DICTIONARY" not in by_name[name].encodings and not by_name[name].is_stats_set, name
+    assert "RLE_DICTIONARY" in by_name["status"].encodings
+    assert by_name["row_id"].statistics.min == 0 and by_name["row_id"].statistics.max == 19
+
+
 def test_restart_redoes_only_uncommitted_chunks_and_overwrites_orphans(tmp_path, real_records, smoke_model):
     source = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:40]))
     paths = make_run(tmp_path, [source], smoke_model, rows_per_shard=40, chunk_rows=10, max_new_tokens=8)
