@@ -31,9 +31,9 @@ import pyarrow.parquet as pq
 from capsfus_hpc.columns import ColumnMapping
 from capsfus_hpc.fingerprint import Fingerprint
 from capsfus_hpc.manifest import InputFile, Manifest, Shard
-from capsfus_hpc.parquet_layout import part_bytes
+from capsfus_hpc.parquet_layout import part_bytes, schema_fingerprint
 from capsfus_hpc.paths import RunPaths
-from capsfus_hpc.progress import ProgressRecord, write_progress
+from capsfus_hpc.progress import ProgressRecord, read_progress, write_progress
 from capsfus_hpc.settings import RunSettings
 from capsfus_hpc.atomic import atomic_write_json, sha256_file
 from capsfus_hpc.prompt import template_sha256
@@ -89,9 +89,14 @@ def generate(run_dir: Path, rows: int, rows_per_shard: int, chunk_rows: int, dup
 
 
 def parts_current(run_dir: Path) -> bool:
-    """Whether the run folder is complete and its parts are encoded as the worker encodes them now."""
-    first = RunPaths(run_dir).part(0, 0)
-    return (run_dir / "run.json").exists() and first.exists() and part_bytes(pq.read_table(first)) == first.read_bytes()
+    """Whether the run folder is complete and its parts and records are as the worker writes them now."""
+    paths = RunPaths(run_dir)
+    first = paths.part(0, 0)
+    if not (paths.run_config.exists() and first.exists()):
+        return False
+    table = pq.read_table(first)
+    record = read_progress(paths.progress(0))
+    return part_bytes(table) == first.read_bytes() and record.chunks[0].schema_sha256 == schema_fingerprint(table.schema)
 
 
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024

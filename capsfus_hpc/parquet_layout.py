@@ -4,6 +4,9 @@ and dictionaries only where values repeat. Parts (worker.commit_chunk) and the f
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -30,3 +33,10 @@ def part_bytes(table: pa.Table) -> bytes:
     pq.write_table(table, sink, compression="zstd", write_statistics=statistics_columns(table.schema),
                    use_dictionary=[name for name in PART_DICTIONARY_COLUMNS if name in table.column_names])
     return sink.getvalue().to_pybytes()
+
+
+def schema_fingerprint(schema: pa.Schema) -> str:
+    """A digest of the column names and types. The progress record keeps it for each part, so
+    the reducer reads one footer per schema, not one per part (a run's parts share a handful)."""
+    fields = [[f.name, str(f.type), f.nullable] for f in schema]
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()

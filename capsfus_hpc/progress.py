@@ -26,6 +26,7 @@ class ChunkRecord:
     bytes: int
     seconds: float  # time spent on the chunk: read, generate, write
     committed_at: float  # unix time
+    schema_sha256: str | None = None  # parquet_layout.schema_fingerprint; None in older records
 
     @property
     def rows(self) -> int:

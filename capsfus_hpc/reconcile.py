@@ -72,16 +72,26 @@ def committed_parts(paths: RunPaths, manifest: Manifest, records: dict[int, Prog
     return parts, gaps
 
 
-def part_schema(part: Part) -> pa.Schema:
-    """The part's schema from its footer; the full checksum is verified when its rows are read."""
-    try:
-        if part.path.stat().st_size == part.chunk.bytes:
-            return pq.read_schema(part.path)
-    except FileNotFoundError as exc:
-        raise _part_error(part, MISSING) from exc
-    except (OSError, pa.ArrowException):
-        pass
-    raise _part_error(part, DAMAGED)
+def parts_schema(parts: list[Part]) -> pa.Schema:
+    """The schema every part's rows fit, reading one footer per schema fingerprint that the
+    progress records name (each footer when they name none); every part's size is checked, and
+    the full checksum when its rows are read. A part matching its checksum is the file the
+    worker fingerprinted, so the footers not read hold nothing new."""
+    schemas = {}
+    for part in parts:
+        try:
+            size = part.path.stat().st_size
+        except FileNotFoundError as exc:
+            raise _part_error(part, MISSING) from exc
+        if size != part.chunk.bytes:
+            raise _part_error(part, DAMAGED)
+        key = part.chunk.schema_sha256 or part.path
+        if key not in schemas:
+            try:
+                schemas[key] = pq.read_schema(part.path)
+            except (OSError, pa.ArrowException) as exc:
+                raise _part_error(part, DAMAGED) from exc
+    return pa.unify_schemas(list(schemas.values()), promote_options="permissive")
 
 
 def read_part(part: Part) -> pa.Table:

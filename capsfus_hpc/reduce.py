@@ -24,11 +24,10 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import forkserver
 from pathlib import Path
 
-import pyarrow as pa
 
 from .errors import CapsfusError
 from .paths import ReducePaths, RunPaths
-from .reconcile import committed_parts, incomplete_message, part_schema
+from .reconcile import committed_parts, incomplete_message, parts_schema
 from .reduce_assemble import DUPLICATE_CAPTION, DUPLICATE_KEY, DUPLICATES_SCHEMA, assemble_task
 from .reduce_dedup import DUPLICATE_OF, dedup_task, near_dup_task
 from .reduce_judge import CAPTION_REASON_PREFIX, REJECT_DETAIL, REJECT_REASON, judge_task
@@ -74,7 +73,7 @@ def prepare_reduce(paths: RunPaths, final: Path, options: ReduceOptions, workers
     parts, _ = committed_parts(paths, manifest, records)
     if not parts:
         raise CapsfusError(f"run {paths.root} has no committed rows to reduce")
-    schema = pa.unify_schemas([part_schema(part) for part in parts], promote_options="permissive")
+    schema = parts_schema(parts)
     shard_rows: dict[int, int] = {}
     for part in parts:
         shard_rows[part.shard.id] = shard_rows.get(part.shard.id, 0) + part.chunk.rows

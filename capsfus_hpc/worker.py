@@ -27,7 +27,7 @@ from .errors import CapsfusError
 from .integrity import damaged_chunks
 from .lease import LeaseLost, ShardLease
 from .manifest import Manifest, verify_input
-from .parquet_layout import part_bytes
+from .parquet_layout import part_bytes, schema_fingerprint
 from .paths import RunPaths
 from .permissions import check_folders, restrict_umask
 from .preemption import NEVER_STOP, StopRequest, WindowAborted, requeue_own_task, restart_count
@@ -131,6 +131,7 @@ def commit_chunk(paths: RunPaths, record: ProgressRecord, table: pa.Table, secon
         index=index, row_id_start=row_ids[0].as_py(), row_id_stop=row_ids[-1].as_py() + 1,
         ok_rows=table.column(STATUS).to_pylist().count(STATUS_OK), sha256=sha256_bytes(data),
         bytes=len(data), seconds=round(seconds, 3), committed_at=time.time(),
+        schema_sha256=schema_fingerprint(table.schema),
     )
     # Commit order, the contract resume relies on: the part file is durable under its final
     # name (temp, fsync, rename, fsync dir) BEFORE the progress record naming it is replaced

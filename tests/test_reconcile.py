@@ -1,5 +1,5 @@
 """read_part: a part is read only when its bytes match its progress record and it holds exactly
-the chunk's rows, in order."""
+the chunk's rows, in order. parts_schema: every part's columns, every part's size checked."""
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -9,7 +9,8 @@ from capsfus_hpc.atomic import sha256_file
 from capsfus_hpc.errors import CapsfusError
 from capsfus_hpc.manifest import Shard
 from capsfus_hpc.progress import ChunkRecord
-from capsfus_hpc.reconcile import Part, read_part
+from capsfus_hpc.parquet_layout import schema_fingerprint
+from capsfus_hpc.reconcile import Part, parts_schema, read_part
 
 
 def _part(tmp_path, row_ids, start=10, stop=14):
@@ -37,3 +38,30 @@ def test_a_part_whose_bytes_changed_is_refused(tmp_path):
     part.path.write_bytes(bytes(data))
     with pytest.raises(CapsfusError, match="shard 7 chunk 3"):
         read_part(part)
+
+
+def _part_of(tmp_path, name, table, fingerprinted=True):
+    path = tmp_path / name
+    pq.write_table(table, path)
+    chunk = ChunkRecord(0, 0, table.num_rows, table.num_rows, sha256_file(path), path.stat().st_size, 0.0, 0.0,
+                        schema_fingerprint(table.schema) if fingerprinted else None)
+    return Part(Shard(0, 0, 0, table.num_rows, 0), chunk, path)
+
+
+def test_the_parts_schema_holds_every_column_of_every_part(tmp_path):
+    plain = pa.table({"row_id": pa.array([0], pa.int64()), "fused_caption": ["x"]})
+    wider = plain.append_column("width", pa.array([3], pa.int32()))
+    parts = [_part_of(tmp_path, "a.parquet", plain), _part_of(tmp_path, "b.parquet", plain),
+             _part_of(tmp_path, "c.parquet", wider), _part_of(tmp_path, "d.parquet", wider.drop_columns(["fused_caption"]), False)]
+    assert parts_schema(parts).names == ["row_id", "fused_caption", "width"]
+
+
+def test_the_parts_schema_names_a_missing_or_resized_part(tmp_path):
+    table = pa.table({"row_id": pa.array([0], pa.int64())})
+    parts = [_part_of(tmp_path, "a.parquet", table), _part_of(tmp_path, "b.parquet", table)]
+    parts[1].path.write_bytes(parts[1].path.read_bytes() + b"x")
+    with pytest.raises(CapsfusError, match=r"shard 0 chunk 0: part .*b.parquet does not match its checksum"):
+        parts_schema(parts)
+    parts[1].path.unlink()
+    with pytest.raises(CapsfusError, match=r"shard 0 chunk 0: part .*b.parquet is missing"):
+        parts_schema(parts)
