@@ -377,7 +377,8 @@ def _word_runs(c_dat, start, stop, wide, caption_chars, fold_starts, fold_bytes,
     byte length and hash go to index 1.. of the arrays. Unless `wide` (a constant, so each
     case compiles to its own loop) its non-ASCII characters are all separators; if it is, a
     letter's bytes are word bytes, and a folding character counts and hashes as what it becomes.
-    A word is read in a loop of its own: one hard-to-predict branch a word, not two."""
+    A word is read in a loop of its own: one hard-to-predict branch a word, not two. Every byte
+    hashed goes through _LOWER, as in word_hash, so equal words hash alike whatever their form."""
     literally(wide)
     reader_words, count, word_chars, prev_space = 0, 0, 0, 1
     k = start
@@ -407,11 +408,11 @@ def _word_runs(c_dat, start, stop, wide, caption_chars, fold_starts, fold_bytes,
                 size = 2 if code < 0x800 else 3
                 if caption_chars[code] == _FOLDS:
                     for f in range(fold_starts[code], fold_starts[code + 1]):
-                        value, chunk, shift = _feed(value, chunk, shift, fold_bytes[f])
+                        value, chunk, shift = _feed(value, chunk, shift, _LOWER[fold_bytes[f]])
                     word_chars += fold_chars[code]
                 else:
                     for f in range(k, k + size):
-                        value, chunk, shift = _feed(value, chunk, shift, c_dat[f])
+                        value, chunk, shift = _feed(value, chunk, shift, _LOWER[c_dat[f]])
                     word_chars += 1
                 k += size
             else:
