@@ -107,9 +107,6 @@ class ReducePaths:
     def map_dir(self, task: int) -> Path:
         return self.work / f"map-{task:05d}"
 
-    def map_rows(self, task: int) -> Path:
-        return self.map_dir(task) / "rows.arrow"
-
     def map_rejects(self, task: int) -> Path:
         return self.map_dir(task) / "rejects.parquet"
 

@@ -1,8 +1,9 @@
 """Reduce stage 3, one task: write the final dataset in manifest order.
 
-Every row the judge tasks read (checked against the part checksums) goes to the data files unless a judge task rejected it or a
-dedup task found it a duplicate; those go to rejects.parquet with the reason. Only the dropped
-rows are held in memory (a row id, a winner and a code each), not the keys.
+Every row of the parts (read again and checked against their checksums again) goes to the data
+files unless a judge task rejected it or a dedup task found it a duplicate; those go to
+rejects.parquet with the reason. Only the dropped rows are held in memory (a row id, a winner
+and a code each), not the keys.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .dataset_writer import DataWriter
 from .errors import CapsfusError
 from .reconcile import committed_parts
 from .reduce_dedup import DUPLICATE_OF, duplicates_found
-from .reduce_judge import REJECT_DETAIL, REJECT_REASON, conform
+from .reduce_judge import REJECT_DETAIL, REJECT_REASON, batches, conform
 from .reduce_plan import CAPTION, KEY, NEAR, ReducePlan, read_plan, rules_document
 from .settings import load_run
 from .status import read_records
@@ -125,15 +126,6 @@ def _write_dropped(rejects: DataWriter, dropped: pa.Table | None, duplicates: Da
         duplicates.write(found)
 
 
-def _judged_rows(plan: ReducePlan):
-    """The rows the judge tasks verified and kept for this stage, batch by batch, in manifest order."""
-    for task in range(len(plan.judge_tasks)):
-        # Read, not memory-mapped: mapped pages of a file this size would count as resident memory.
-        with pa.OSFile(str(plan.final_paths.map_rows(task))) as source, pa.ipc.open_file(source) as reader:
-            for index in range(reader.num_record_batches):
-                yield pa.Table.from_batches([reader.get_batch(index)])
-
-
 def assemble_task(final_dir: str, on_rows=None) -> dict:
     """Write the data files, rejects, duplicates, card and, last, stats.json; returns the stats."""
     plan = read_plan(Path(final_dir))
@@ -162,7 +154,10 @@ def assemble_task(final_dir: str, on_rows=None) -> dict:
         data_writer = stack.enter_context(ThreadPoolExecutor(1))
         dropped_writer = stack.enter_context(ThreadPoolExecutor(1))
         pending = deque()
-        for table in _judged_rows(plan):
+        # The parts are read again, checksums and all, on two threads (decoding releases the
+        # GIL) beside the encoder: handing rows over from the judge tasks as uncompressed Arrow
+        # cost them more than this, and ~330 bytes a row of scratch space.
+        for table in batches(parts, plan.schema, readers=2):
             kept, dropped_rows = dropped.split(table, manifest.columns.key)
             rows_out += kept.num_rows
             found = None

@@ -18,7 +18,11 @@ from .columns import FUSED_CAPTION, ROW_ID
 from .dedup import first_seen
 from .errors import CapsfusError
 from .near_dup import near_duplicates
+from .reconcile import committed_parts
+from .reduce_judge import batches
 from .reduce_plan import CAPTION, KEY, NEAR, ReducePlan, read_plan
+from .settings import load_run
+from .status import read_records
 
 DUPLICATE_OF = "duplicate_of"
 FOUND_SCHEMA = pa.schema([pa.field(ROW_ID, pa.int64()), pa.field(DUPLICATE_OF, pa.int64())])
@@ -71,15 +75,15 @@ def near_dup_task(final_dir: str) -> int:
     dropped += [duplicates_found(plan, kind).column(ROW_ID).to_numpy() for kind in plan.kinds]
     dropped = np.sort(np.concatenate(dropped))
 
+    run = plan.run_paths
+    _, manifest = load_run(run)
+    parts, _ = committed_parts(run, manifest, read_records(run, manifest))
+
     def kept_captions():
-        for task in range(len(plan.judge_tasks)):
-            with pa.OSFile(str(out.map_rows(task))) as source, pa.ipc.open_file(source) as reader:
-                for index in range(reader.num_record_batches):
-                    batch = reader.get_batch(index)
-                    row_ids = batch.column(ROW_ID).to_numpy()
-                    keep = ~np.isin(row_ids, dropped)
-                    yield from zip(row_ids[keep].tolist(),
-                                   batch.column(FUSED_CAPTION).filter(pa.array(keep)).to_pylist())
+        for batch in batches(parts, plan.schema):
+            row_ids = batch.column(ROW_ID).to_numpy()
+            keep = ~np.isin(row_ids, dropped)
+            yield from zip(row_ids[keep].tolist(), batch.column(FUSED_CAPTION).filter(pa.array(keep)).to_pylist())
 
     pairs = list(near_duplicates(kept_captions(), plan.options.near_dup))
     found = pa.table([pa.array([p[0] for p in pairs], pa.int64()), pa.array([p[1] for p in pairs], pa.int64())],

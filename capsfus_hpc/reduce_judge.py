@@ -1,7 +1,7 @@
 """Reduce stage 1, one task per group of shards: read and verify each part, judge every fused
 caption, and spill the dedup keys of the rows that pass into hash partitions.
 
-Commit order: the rows file, the rejects file and every partition file appear atomically
+Commit order: the rejects file and every partition file appear atomically
 (possibly empty), then done.json with the counts; a task that did not write done.json is run
 again whole.
 """
@@ -125,13 +125,8 @@ def judge_task(final_dir: str, task: int) -> dict:
         spill = _Spill(stack, out, task, plan.kinds, plan.partitions)
         rejects = stack.enter_context(pq.ParquetWriter(stack.enter_context(atomic_path(out.map_rejects(task))),
                                                        JUDGED_SCHEMA, compression="zstd"))
-        # The verified rows, for the assemble stage, as uncompressed Arrow IPC: writing and reading
-        # it back costs a fifth of parsing the parts again (lz4 would halve the ~330 bytes a row
-        # of scratch space, at four times the writing cost).
-        rows = stack.enter_context(pa.ipc.new_file(stack.enter_context(atomic_path(out.map_rows(task))), plan.schema))
         for batch in batches(parts, plan.schema):
             counts["rows"] += batch.num_rows
-            rows.write_table(batch)
             rejects.write_table(_judge_batch(batch, manifest.columns, plan, spill, counts))
     done = {"rows": counts.pop("rows", 0), "ok": counts.pop("ok", 0), "rejected": dict(sorted(counts.items())),
             "parts": len(parts)}
