@@ -105,8 +105,10 @@ def read_part(part: Part) -> pa.Table:
     # ParquetFile.read: a third of read_table's cost for a small file (no dataset discovery).
     table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
     row_ids = table.column(ROW_ID)
-    if (table.num_rows != part.chunk.rows or row_ids.null_count
-            or not np.array_equal(row_ids.to_numpy(), np.arange(part.chunk.row_id_start, part.chunk.row_id_stop))):
+    # A chunk's own to_numpy: the chunked array's took 60 times as long (0.9 us a row).
+    if (table.num_rows != part.chunk.rows or row_ids.null_count or not np.array_equal(
+            row_ids.chunk(0).to_numpy() if row_ids.num_chunks == 1 else row_ids.to_numpy(),
+            np.arange(part.chunk.row_id_start, part.chunk.row_id_stop))):
         raise _part_error(part, f"does not hold rows {part.chunk.row_id_start}..{part.chunk.row_id_stop - 1} "
                                 "exactly once")
     return table
