@@ -64,7 +64,7 @@ class ReducePaths:
     FINAL/rejects.parquet, duplicates.parquet  rejected rows; dropped duplicates and their winners
     FINAL/README.md, FINAL/stats.json          dataset card; counts, written last
     FINAL/.reduce/plan.json                    what each reduce task does (reduce_plan.py)
-    FINAL/.reduce/map-00003/...                one judge task's rows, rejects, spilled keys and counts
+    FINAL/.reduce/map-00003/...                one judge task's rejects, spilled keys and counts
     FINAL/.reduce/dedup/key-00007.arrow        duplicates found in key partition 7
     """
 
