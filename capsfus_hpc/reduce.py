@@ -24,7 +24,6 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import forkserver
 from pathlib import Path
 
-
 from .errors import CapsfusError
 from .paths import ReducePaths, RunPaths
 from .reconcile import committed_parts, incomplete_message, parts_schema
