@@ -553,7 +553,13 @@ def judge_column(fused: pa.Array, raw: pa.Array, synthetic: pa.Array, finish_rea
                  rules: CaptionRules) -> list[tuple[int, str, str]]:
     """(row, reason, detail) of every caption `judge` rejects, in row order; the screen decides
     which rows `judge` needs to see."""
-    flags = screen(fused, raw, synthetic, finish_reason, rules)
+    return judge_screened(screen(fused, raw, synthetic, finish_reason, rules), fused, raw, synthetic,
+                          finish_reason, rules)
+
+
+def judge_screened(flags: np.ndarray, fused: pa.Array, raw: pa.Array, synthetic: pa.Array,
+                   finish_reason: pa.Array, rules: CaptionRules) -> list[tuple[int, str, str]]:
+    """judge_column's second half, given the screen's flags: Python sees only the flagged rows."""
     rows = np.flatnonzero(flags)
     picked = pa.array(rows, pa.int64())
     rejected = []

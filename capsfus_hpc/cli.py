@@ -301,7 +301,7 @@ def reduce(
     target_file_mb: Annotated[int, typer.Option(help="Start a new data file past this size.")] = 512,
     rules: Annotated[Optional[Path], typer.Option(help="JSON file of caption rule thresholds (see capsfus_hpc/caption_rules.py).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Processes to use (default: the CPUs this process may use); with --slurm, about how many tasks each stage gets.")] = None,
-    on_slurm: Annotated[bool, typer.Option("--slurm", help="Run the reduce as SLURM arrays (judge, dedup, assemble) instead of here.")] = False,
+    on_slurm: Annotated[bool, typer.Option("--slurm", help="Run the reduce as SLURM arrays (keys, dedup, assemble) instead of here.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="With --slurm: wait for the dataset and print its stats.")] = False,
     partition: opt.Partition = None, account: opt.Account = None, qos: opt.Qos = None,
     time_limit: opt.Time = None, cpus: opt.Cpus = None, mem: opt.Mem = None,
@@ -340,7 +340,7 @@ def reduce(
     elif not (workers is None or workers > 0):
         raise CapsfusError("--workers must be at least 1")
     else:
-        with row_progress(console, "reducing (judge, dedup, write)", 2 * manifest.total_rows) as advance:
+        with row_progress(console, "reducing (keys, then judge and write)", 2 * manifest.total_rows) as advance:
             stats = reduce_run(paths, final, options, on_rows=advance, workers=workers)
     if as_json:
         print_json(stats)

@@ -4,15 +4,13 @@ normalised fused caption, with an LSH index (datasketch), greedy in manifest ord
 A row is dropped when an earlier kept row's caption is estimated at least `threshold` similar
 (Jaccard of 3-grams); LSH proposes candidates and the MinHash estimate confirms them, and the
 earliest confirmed row is named as the winner. It runs after exact dedup, over the rows still
-kept, as one task: the index is global and in memory, about 1.5 KB per kept caption (some
+kept, in the assemble task: the index is global and in memory, about 1.5 KB per kept caption (some
 700k captions per GB), and MinHash costs about 90 us per caption on one core. So it suits runs
 of a few million rows; beyond that, dedup exactly and leave near duplicates to training-time
 sampling.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -40,31 +38,32 @@ def _datasketch():
     return datasketch
 
 
-def near_duplicates(rows: Iterable[tuple[int, str]], threshold: float) -> Iterator[tuple[int, int]]:
-    """(row id, winner row id) of every near duplicate among (row id, caption) in row id order."""
-    if not 0 < threshold <= 1:
-        raise CapsfusError(f"--near-dup {threshold}: a Jaccard similarity must be in (0, 1]")
-    datasketch = _datasketch()
-    index = datasketch.MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
-    kept: dict[int, np.ndarray] = {}
-    batch: list[tuple[int, str]] = []
+class NearDuplicates:
+    """The greedy pass as a state: offer kept rows in row id order, batch by batch."""
 
-    def flush() -> Iterator[tuple[int, int]]:
-        signatures = datasketch.MinHash.bulk([shingles(caption) for _, caption in batch], num_perm=NUM_PERM,
-                                             seed=SEED)
-        for (row_id, _), signature in zip(batch, signatures):
-            values = signature.hashvalues.astype(np.uint32)  # datasketch's hashes are below 2**32
-            winners = sorted(c for c in index.query(signature) if (kept[c] == values).mean() >= threshold)
-            if winners:
-                yield row_id, winners[0]
-            else:
-                index.insert(row_id, signature, check_duplication=False)
-                kept[row_id] = values
+    def __init__(self, threshold: float):
+        if not 0 < threshold <= 1:
+            raise CapsfusError(f"--near-dup {threshold}: a Jaccard similarity must be in (0, 1]")
+        self.threshold = threshold
+        self._datasketch = _datasketch()
+        self._index = self._datasketch.MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+        self._kept: dict[int, np.ndarray] = {}
 
-    for row in rows:
-        batch.append(row)
-        if len(batch) == BATCH:
-            yield from flush()
-            batch = []
-    if batch:
-        yield from flush()
+    def find(self, rows: list[tuple[int, str]]) -> list[tuple[int, int]]:
+        """(row id, winner row id) of each offered (row id, caption) that an earlier kept row's
+        caption nearly equals; the others are kept, and may win later rows."""
+        found = []
+        for start in range(0, len(rows), BATCH):
+            batch = rows[start:start + BATCH]
+            signatures = self._datasketch.MinHash.bulk([shingles(caption) for _, caption in batch],
+                                                       num_perm=NUM_PERM, seed=SEED)
+            for (row_id, _), signature in zip(batch, signatures):
+                values = signature.hashvalues.astype(np.uint32)  # datasketch's hashes are below 2**32
+                winners = sorted(c for c in self._index.query(signature)
+                                 if (self._kept[c] == values).mean() >= self.threshold)
+                if winners:
+                    found.append((row_id, winners[0]))
+                else:
+                    self._index.insert(row_id, signature, check_duplication=False)
+                    self._kept[row_id] = values
+        return found

@@ -64,8 +64,8 @@ class ReducePaths:
     FINAL/rejects.parquet, duplicates.parquet  rejected rows; dropped duplicates and their winners
     FINAL/README.md, FINAL/stats.json          dataset card; counts, written last
     FINAL/.reduce/plan.json                    what each reduce task does (reduce_plan.py)
-    FINAL/.reduce/map-00003/...                one judge task's rejects, spilled keys and counts
-    FINAL/.reduce/dedup/key-00007.arrow        duplicates found in key partition 7
+    FINAL/.reduce/map-00003/...                one key task's spilled keys and counts
+    FINAL/.reduce/dedup/key-00007.arrow        the rows of key partition 7 that share a key
     """
 
     root: Path
@@ -106,9 +106,6 @@ class ReducePaths:
 
     def map_dir(self, task: int) -> Path:
         return self.work / f"map-{task:05d}"
-
-    def map_rejects(self, task: int) -> Path:
-        return self.map_dir(task) / "rejects.parquet"
 
     def map_keys(self, task: int, kind: str, partition: int) -> Path:
         return self.map_dir(task) / f"{kind}-{partition:05d}.arrow"

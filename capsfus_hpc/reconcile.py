@@ -3,9 +3,6 @@ progress records, and what is missing, named per shard with the command that fix
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,16 +91,27 @@ def parts_schema(parts: list[Part]) -> pa.Schema:
     return pa.unify_schemas(list(schemas.values()), promote_options="permissive")
 
 
-def read_part(part: Part) -> pa.Table:
-    """The part's rows, after checking its checksum and that it holds exactly its chunk's rows."""
+def read_part(part: Part, columns: list[str] | None = None, verify: bool = True) -> pa.Table:
+    """The part's rows (of the given columns that it has, and row_id; else all), after checking
+    that it holds exactly its chunk's rows and (if `verify`) its checksum. Unverified, a part
+    that cannot be decoded is still named damaged when its checksum says so."""
     try:
         data = part.path.read_bytes()
     except FileNotFoundError as exc:
         raise _part_error(part, MISSING) from exc
-    if len(data) != part.chunk.bytes or sha256_bytes(data) != part.chunk.sha256:
+    if len(data) != part.chunk.bytes or (verify and sha256_bytes(data) != part.chunk.sha256):
         raise _part_error(part, DAMAGED)
-    # ParquetFile.read: a third of read_table's cost for a small file (no dataset discovery).
-    table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+    try:
+        # ParquetFile.read: a third of read_table's cost for a small file (no dataset discovery).
+        file = pq.ParquetFile(pa.BufferReader(data))
+        if columns is not None:
+            names = set(file.schema_arrow.names)
+            columns = [ROW_ID, *(c for c in columns if c in names and c != ROW_ID)]
+        table = file.read(columns, use_threads=False)
+    except (OSError, pa.ArrowException) as exc:
+        if sha256_bytes(data) != part.chunk.sha256:
+            raise _part_error(part, DAMAGED) from exc
+        raise _part_error(part, f"cannot be read ({exc})") from exc
     row_ids = table.column(ROW_ID)
     # A chunk's own to_numpy: the chunked array's took 60 times as long (0.9 us a row).
     if (table.num_rows != part.chunk.rows or row_ids.null_count or not np.array_equal(
@@ -120,22 +128,3 @@ def incomplete_message(paths: RunPaths, status: RunStatus) -> str:
     return (f"run {paths.root} is incomplete: {len(lines)} of {len(status.shards)} shards are not done\n"
             + "\n".join(lines)
             + f"\nfinish them with: capsfus-hpc resume {paths.root}   (or reduce with --allow-partial)")
-
-
-def iter_tables(parts: list[Part], read_ahead_rows: int, readers: int = 1) -> Iterator[tuple[Part, pa.Table]]:
-    """Each part's verified rows, in order, read by background threads up to read_ahead_rows
-    ahead (parquet decoding releases the GIL, so reading overlaps the caller's work). The read-ahead
-    must cover what the caller takes between two pulls, or the readers sit idle while it works."""
-    with ThreadPoolExecutor(readers) as reader:
-        pending: deque = deque()
-        ahead = 0
-        for part in parts:
-            pending.append((part, reader.submit(read_part, part)))
-            ahead += part.chunk.rows
-            while ahead > read_ahead_rows:
-                done, future = pending.popleft()
-                ahead -= done.chunk.rows
-                yield done, future.result()
-        while pending:
-            done, future = pending.popleft()
-            yield done, future.result()

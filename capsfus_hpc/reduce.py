@@ -5,9 +5,10 @@ a reject_reason (an invalid input, a caption rule, or a duplicate, whose winner 
 duplicate_of), or, with --allow-partial only, the missing rows that stats.json lists.
 
 Three stages, each a set of independent tasks that read the plan in FINAL/.reduce/plan.json:
-judge (reduce_judge.py: groups of shards, in parallel), dedup (reduce_dedup.py: hash
-partitions of the keys, in parallel; caption partitions after key partitions), and assemble
-(reduce_assemble.py: one task, in manifest order). Here they run as local processes;
+keys (reduce_keys.py: groups of shards, in parallel, spilling normalised keys into hash
+partitions), dedup (reduce_dedup.py: the rows that share a key, per partition and kind, in
+parallel), and assemble (reduce_assemble.py: one task that judges every row and writes the
+dataset, in manifest order, reading each part once). Here they run as local processes;
 reduce_slurm.py submits the same tasks as SLURM arrays. Dedup semantics: among rows that pass
 the caption rules, the first in manifest order with a normalised key wins; with --dedup-caption,
 among the rows left, the first with a normalised caption wins; with --near-dup, among the rows
@@ -28,8 +29,9 @@ from .errors import CapsfusError
 from .paths import ReducePaths, RunPaths
 from .reconcile import committed_parts, incomplete_message, parts_schema
 from .reduce_assemble import DUPLICATE_CAPTION, DUPLICATE_KEY, DUPLICATES_SCHEMA, assemble_task
-from .reduce_dedup import DUPLICATE_OF, dedup_task, near_dup_task
-from .reduce_judge import CAPTION_REASON_PREFIX, REJECT_DETAIL, REJECT_REASON, judge_task
+from .reduce_dedup import DUPLICATE_OF, dedup_task
+from .reduce_judge import CAPTION_REASON_PREFIX, REJECT_DETAIL, REJECT_REASON, load_screen
+from .reduce_keys import keys_task
 from .reduce_plan import ReduceOptions, ReducePlan, load_rules, plan_reduce, write_plan
 from .settings import load_run
 from .status import gather_status, read_records
@@ -83,9 +85,12 @@ def prepare_reduce(paths: RunPaths, final: Path, options: ReduceOptions, workers
     return plan
 
 
-def _run_stage(pool: ProcessPoolExecutor | None, function, argument_lists, on_done=None) -> list:
-    """Run the stage's tasks (in the pool, or here in turn), handing each result on in task order."""
+def _run_stage(pool: ProcessPoolExecutor | None, function, argument_lists, on_done=None, meanwhile=None) -> list:
+    """Run the stage's tasks (in the pool, or here in turn), handing each result on in task order;
+    `meanwhile` runs here once the tasks are handed to the pool."""
     futures = [pool.submit(function, *arguments) for arguments in argument_lists] if pool else None
+    if meanwhile:
+        meanwhile()
     results = []
     for index, arguments in enumerate(argument_lists):
         results.append(futures[index].result() if futures else function(*arguments))
@@ -97,7 +102,7 @@ def _run_stage(pool: ProcessPoolExecutor | None, function, argument_lists, on_do
 def reduce_run(paths: RunPaths, final: Path, options: ReduceOptions = ReduceOptions(),
                on_rows: Callable[[int], None] | None = None, workers: int | None = None) -> dict:
     """Check the run, then write the final dataset with up to `workers` processes; returns the stats.
-    on_rows is told rows done, counting each row twice: once judged and once written."""
+    on_rows is told rows done, counting each row twice: once keyed and once judged and written."""
     workers = workers or default_workers()
     context = multiprocessing.get_context("forkserver")
     if workers > 1:  # the server loads reduce_preload while this process plans
@@ -105,7 +110,8 @@ def reduce_run(paths: RunPaths, final: Path, options: ReduceOptions = ReduceOpti
         forkserver.ensure_running()
     plan = prepare_reduce(paths, final, options, workers)
     final_dir = plan.final
-    processes = min(workers, max(len(plan.judge_tasks), plan.partitions))
+    dedup_tasks = [(final_dir, kind, p) for kind in plan.kinds for p in range(plan.partitions)]
+    processes = min(workers, max(len(plan.key_tasks), len(dedup_tasks)))
     pool = ProcessPoolExecutor(processes, mp_context=context) if processes > 1 else None
     done = [0]
 
@@ -115,12 +121,9 @@ def reduce_run(paths: RunPaths, final: Path, options: ReduceOptions = ReduceOpti
             on_rows(done[0])
 
     try:
-        _run_stage(pool, judge_task, [(final_dir, t) for t in range(len(plan.judge_tasks))],
-                   lambda result: advance(result["rows"]))
-        for kind in plan.kinds:
-            _run_stage(pool, dedup_task, [(final_dir, kind, p) for p in range(plan.partitions)])
-        if options.near_dup:
-            near_dup_task(final_dir)
+        _run_stage(pool, keys_task, [(final_dir, t) for t in range(len(plan.key_tasks))],
+                   lambda result: advance(result["rows"]), meanwhile=load_screen)
+        _run_stage(pool, dedup_task, dedup_tasks)
     finally:
         if pool is not None:
             pool.shutdown()

@@ -1,36 +1,39 @@
-"""Reduce stage 3, one task: write the final dataset in manifest order.
+"""Reduce stage 3, one task: judge every row and write the final dataset, in manifest order.
 
-Every row of the parts (read again and checked against their checksums again) goes to the data
-files unless a judge task rejected it or a dedup task found it a duplicate; those go to
-rejects.parquet with the reason. Only the dropped rows are held in memory (a row id, a winner
-and a code each), not the keys.
+The parts are read (checksums checked) and screened on reader threads, one per CPU; each batch
+is judged (reduce_judge.py), its rows that pass are offered to the duplicate groups of each
+kind in turn (reduce_dedup.py), then to the near-duplicate index (near_dup.py, opt-in); what
+is left goes to the data files, the rest to rejects.parquet with the reason. Reading each row
+once, here, is why captions are not judged in the parallel key tasks: judging there meant
+decoding every part twice.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from . import __version__
 from .atomic import atomic_write_bytes, atomic_write_json
-from .columns import DETAIL, REASON, ROW_ID, STATUS
+from .columns import DETAIL, FUSED_CAPTION, REASON, ROW_ID, STATUS
 from .dataset_card import dataset_card
 from .dataset_writer import DataWriter
 from .errors import CapsfusError
+from .near_dup import NearDuplicates
 from .reconcile import committed_parts
-from .reduce_dedup import DUPLICATE_OF, duplicates_found
-from .reduce_judge import REJECT_DETAIL, REJECT_REASON, batches, conform
-from .reduce_plan import CAPTION, KEY, NEAR, ReducePlan, read_plan, rules_document
+from .reduce_dedup import DUPLICATE_OF, DuplicateGroups
+from .reduce_judge import REJECT_DETAIL, REJECT_REASON, Judged, batches, conform, judge_batch, screened_rows
+from .reduce_plan import CAPTION, KEY, read_plan, rules_document
 from .settings import load_run
 from .status import read_records
 
@@ -39,91 +42,44 @@ DUPLICATE_CAPTION = "duplicate_caption"
 DUPLICATE_NEAR = "duplicate_near"
 DUPLICATES_SCHEMA = pa.schema([pa.field(ROW_ID, pa.int64()), pa.field(DUPLICATE_OF, pa.int64()),
                                pa.field(REJECT_REASON, pa.string())])
-_JUDGED, _KEY, _CAPTION, _NEAR = 0, 1, 2, 3
-_KIND_REASON = {_KEY: DUPLICATE_KEY, _CAPTION: DUPLICATE_CAPTION, _NEAR: DUPLICATE_NEAR}
 
 
-@dataclass
-class _Dropped:
-    """Dropped rows sorted by row id: the code says judged (reason in `judged`) or which duplicate."""
-
-    row_ids: np.ndarray
-    codes: np.ndarray
-    index: np.ndarray  # row in `judged` for a judged row, else the winner's row id
-    judged: pa.Table
-
-    @classmethod
-    def load(cls, plan: ReducePlan) -> "_Dropped":
-        out = plan.final_paths
-        judged = pa.concat_tables([pq.read_table(out.map_rejects(t)) for t in range(len(plan.judge_tasks))])
-        found = {kind: duplicates_found(plan, kind) for kind in plan.kinds}
-        if plan.options.near_dup:
-            found[NEAR] = duplicates_found(plan, NEAR)
-        row_ids = [judged.column(ROW_ID).to_numpy()]
-        codes, index = [np.full(judged.num_rows, _JUDGED, np.int8)], [np.arange(judged.num_rows)]
-        for code, kind in ((_KEY, KEY), (_CAPTION, CAPTION), (_NEAR, NEAR)):
-            if kind in found:
-                row_ids.append(found[kind].column(ROW_ID).to_numpy())
-                codes.append(np.full(found[kind].num_rows, code, np.int8))
-                index.append(found[kind].column(DUPLICATE_OF).to_numpy())
-        row_ids = np.concatenate(row_ids)
-        order = np.argsort(row_ids, kind="stable")
-        if len(row_ids) and (np.diff(row_ids[order]) == 0).any():
-            raise CapsfusError("internal error: a row was dropped twice (judged and duplicate, or two kinds)")
-        return cls(row_ids[order], np.concatenate(codes)[order], np.concatenate(index)[order], judged)
-
-    def split(self, table: pa.Table, key_name: str) -> tuple[pa.Table, pa.Table]:
-        """(kept rows, dropped rows with reason, detail and winner) of a batch of rows in row id order."""
-        row_ids = table.column(ROW_ID).to_numpy()
-        lo, hi = np.searchsorted(self.row_ids, [row_ids[0], row_ids[-1] + 1]) if len(row_ids) else (0, 0)
-        if lo == hi:
-            return table, None
-        offsets = np.searchsorted(row_ids, self.row_ids[lo:hi])
-        keep = np.ones(table.num_rows, np.bool_)
-        keep[offsets] = False
-        codes, index = self.codes[lo:hi], self.index[lo:hi]
-        judged = codes == _JUDGED
-        # Judged rows take their reason and detail from the judge tasks; duplicates get theirs
-        # from the code and the winner, built column-wise.
-        judged_rows = self.judged.take(pa.array(index, pa.int64(), mask=~judged))  # null where a duplicate
-        winners = pa.array(index, pa.int64(), mask=judged)
-        by_code = range(_NEAR + 1)  # the codes, as indexes into these per-code texts
-        said = {_KEY: f"same {key_name}", _CAPTION: "same caption", _NEAR: "caption nearly the same"}
-        what = np.array([f"{said[c]} as row " if c in said else "" for c in by_code], object)[codes]
-        kinds = np.array([_KIND_REASON.get(c, "") for c in by_code], object)[codes]
-        mask = pa.array(judged)
-        reasons = pc.if_else(mask, judged_rows.column(REJECT_REASON), pa.array(kinds, pa.string()))
-        details = pc.if_else(mask, judged_rows.column(REJECT_DETAIL),
-                             pc.binary_join_element_wise(pa.array(what, pa.string()), pc.cast(winners, pa.string()), ""))
-        dropped = table.take(pa.array(offsets))
-        for name, values in ((REJECT_REASON, reasons), (REJECT_DETAIL, details), (DUPLICATE_OF, winners)):
-            dropped = dropped.append_column(name, values)
-        return table.filter(pa.array(keep)), dropped
-
-    def counts(self) -> dict[str, int]:
-        return {_KIND_REASON[c]: int((self.codes == c).sum()) for c in (_KEY, _CAPTION, _NEAR)
-                if (self.codes == c).any()}
+def _check_maps(plan) -> None:
+    for task in range(len(plan.key_tasks)):
+        if not plan.final_paths.map_done(task).exists():
+            raise CapsfusError(f"key task {task} did not finish ({plan.final_paths.map_done(task)} is missing); "
+                               "run the reduce again")
 
 
-def _judge_counts(plan: ReducePlan) -> tuple[int, dict[str, int]]:
-    ok, rejected = 0, {}
-    for task in range(len(plan.judge_tasks)):
-        path = plan.final_paths.map_done(task)
-        if not path.exists():
-            raise CapsfusError(f"judge task {task} did not finish ({path} is missing); run the reduce again")
-        done = json.loads(path.read_text())
-        ok += done["ok"]
-        for reason, count in done["rejected"].items():
-            rejected[reason] = rejected.get(reason, 0) + count
-    return ok, dict(sorted(rejected.items()))
+def _dropped_rows(table: pa.Table, judged: Judged, found: list[tuple[str, str, np.ndarray]]) -> pa.Table | None:
+    """The batch's rejected rows in row order, with reason, detail and (for a duplicate) winner.
+    found: (reason, what the detail says, each row's winner or -1) per kind of duplicate."""
+    offsets, reasons, details = [judged.offsets], [judged.reasons], [judged.details]
+    winners = [pa.nulls(len(judged.offsets), pa.int64())]
+    for reason, said, winner in found:
+        at = np.flatnonzero(winner >= 0)
+        if len(at):
+            offsets.append(at)
+            reasons.append(pa.repeat(pa.scalar(reason, pa.string()), len(at)))
+            winners.append(pa.array(winner[at]))
+            details.append(pc.binary_join_element_wise(pa.repeat(pa.scalar(f"{said} as row ", pa.string()), len(at)),
+                                                       pc.cast(winners[-1], pa.string()), ""))
+    offsets = np.concatenate(offsets)
+    if not len(offsets):
+        return None
+    order = pa.array(np.argsort(offsets, kind="stable"))
+    dropped = table.take(pa.array(offsets).take(order))
+    for name, values in ((REJECT_REASON, reasons), (REJECT_DETAIL, details), (DUPLICATE_OF, winners)):
+        dropped = dropped.append_column(name, pa.concat_arrays(values).take(order))
+    return dropped
 
 
-def _write_dropped(rejects: DataWriter, dropped: pa.Table | None, duplicates: DataWriter | None,
-                   found: pa.Table | None) -> None:
-    if dropped is not None:
-        rejects.write(dropped)
-    if found is not None:
-        duplicates.write(found)
+def _write_dropped(rejects: DataWriter, dropped: pa.Table | None, duplicates: DataWriter | None) -> None:
+    if dropped is None:
+        return
+    rejects.write(dropped)
+    if duplicates is not None:
+        duplicates.write(conform(dropped.filter(pc.is_valid(dropped.column(DUPLICATE_OF))), DUPLICATES_SCHEMA))
 
 
 def assemble_task(final_dir: str, on_rows=None) -> dict:
@@ -131,12 +87,18 @@ def assemble_task(final_dir: str, on_rows=None) -> dict:
     plan = read_plan(Path(final_dir))
     run, out, options = plan.run_paths, plan.final_paths, plan.options
     settings, manifest = load_run(run)
+    columns = manifest.columns
     parts, gaps = committed_parts(run, manifest, read_records(run, manifest))
-    dropped = _Dropped.load(plan)
-    ok, rejected = _judge_counts(plan)
+    _check_maps(plan)
+    kinds = [(kind, reason, said, DuplicateGroups.load(plan, kind))
+             for kind, reason, said in ((KEY, DUPLICATE_KEY, f"same {columns.key}"),
+                                        (CAPTION, DUPLICATE_CAPTION, "same caption")) if kind in plan.kinds]
+    near = NearDuplicates(options.near_dup) if options.near_dup else None
     data_schema = pa.schema([f for f in plan.schema if f.name not in (STATUS, REASON, DETAIL)])
     rejects_schema = pa.schema([*plan.schema, pa.field(REJECT_REASON, pa.string()),
                                 pa.field(REJECT_DETAIL, pa.string()), pa.field(DUPLICATE_OF, pa.int64())])
+    counts: Counter = Counter()
+    duplicates_by_kind: Counter = Counter()
     rows_out = 0
     # Commit order: each file appears under its final name only when complete (atomic_path):
     # the data files as they fill, then (as the stack unwinds) duplicates and rejects; then the
@@ -150,21 +112,35 @@ def assemble_task(final_dir: str, on_rows=None) -> dict:
                                               options.row_group_rows))
         # Two threads write (parquet encoding releases the GIL): one the data files, the
         # longest job of this stage, and one the rejects and duplicates; so encoding overlaps
-        # splitting the next batch. Each file has one writer; at most two batches wait.
+        # judging the next batch. Each file has one writer; at most two batches wait.
         data_writer = stack.enter_context(ThreadPoolExecutor(1))
         dropped_writer = stack.enter_context(ThreadPoolExecutor(1))
         pending = deque()
-        # The parts are read again, checksums and all, on two threads (decoding releases the
-        # GIL) beside the encoder: handing rows over from the judge tasks as uncompressed Arrow
-        # cost them more than this, and ~330 bytes a row of scratch space.
-        for table in batches(parts, plan.schema, readers=2):
-            kept, dropped_rows = dropped.split(table, manifest.columns.key)
-            rows_out += kept.num_rows
-            found = None
-            if dropped_rows is not None and duplicates is not None:
-                found = conform(dropped_rows.filter(pc.is_valid(dropped_rows.column(DUPLICATE_OF))), DUPLICATES_SCHEMA)
-            pending.append((data_writer.submit(data.write, conform(kept, data_schema)),
-                            dropped_writer.submit(_write_dropped, rejects, dropped_rows, duplicates, found)))
+        read = screened_rows(plan.schema, columns, options.rules)
+        for table, flags in batches(parts, read, readers=len(os.sched_getaffinity(0))):
+            judged = judge_batch(table, flags, columns, options.rules, counts)
+            row_ids = table.column(ROW_ID).to_numpy()
+            kept, found = judged.passed, []
+            for _, reason, said, groups in kinds:
+                winners = groups.settle(row_ids, kept)
+                kept = kept & (winners < 0)
+                found.append((reason, said, winners))
+            if near is not None and kept.any():
+                winners = np.full(len(row_ids), -1, np.int64)
+                offered = np.flatnonzero(kept)
+                pairs = near.find(list(zip(row_ids[offered].tolist(),
+                                           table.column(FUSED_CAPTION).take(pa.array(offered)).to_pylist())))
+                if pairs:
+                    lost, winner = (np.array(values, np.int64) for values in zip(*pairs))
+                    winners[np.searchsorted(row_ids, lost)] = winner
+                    kept = kept & (winners < 0)
+                found.append((DUPLICATE_NEAR, "caption nearly the same", winners))
+            for reason, _, winners in found:
+                duplicates_by_kind[reason] += int((winners >= 0).sum())
+            rows_out += int(kept.sum())
+            pending.append((data_writer.submit(data.write, conform(table.filter(pa.array(kept)), data_schema)),
+                            dropped_writer.submit(_write_dropped, rejects, _dropped_rows(table, judged, found),
+                                                  duplicates)))
             while len(pending) > 2:
                 for future in pending.popleft():
                     future.result()
@@ -173,7 +149,9 @@ def assemble_task(final_dir: str, on_rows=None) -> dict:
         while pending:
             for future in pending.popleft():
                 future.result()
-    duplicates_by_kind = dropped.counts()
+    ok = counts.pop("ok", 0)
+    rejected = dict(sorted(counts.items()))
+    duplicates_by_kind = {reason: n for reason, n in duplicates_by_kind.items() if n}
     missing_rows = sum(gap.rows for gap in gaps)
     stats = {
         "rows_in": manifest.total_rows,

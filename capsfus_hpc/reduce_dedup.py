@@ -1,8 +1,12 @@
-"""Reduce stage 2, one task per partition and key kind: the first row of each key wins.
+"""Reduce stage 2, one task per partition and key kind: which rows share a key.
 
-Judge tasks cover the manifest in order, so reading a partition's files task by task gives its
-rows in row id order. Caption partitions run after every key partition: a row already dropped
-for its key takes no part in caption dedup. Near duplicates (opt-in) come last, in one task.
+Key tasks cover the manifest in order, so reading a partition's files task by task gives its
+rows in row id order. A task lists the rows of every key that more than one fused row holds,
+each with the first of them (its group); the other rows need no more thought. Which row of a
+group wins depends on which pass the caption rules, so assemble settles that as it judges, in
+row id order (`DuplicateGroups`): the first row to pass wins, and, with --dedup-caption, the
+first passing row of a caption group that no key group dropped. Near duplicates (opt-in) are
+found there too (near_dup.py), among the rows still kept.
 """
 
 from __future__ import annotations
@@ -11,21 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .atomic import atomic_path
-from .columns import FUSED_CAPTION, ROW_ID
+from .columns import ROW_ID
 from .dedup import first_seen
 from .errors import CapsfusError
-from .near_dup import near_duplicates
-from .reconcile import committed_parts
-from .reduce_judge import batches
-from .reduce_plan import CAPTION, KEY, NEAR, ReducePlan, read_plan
-from .settings import load_run
-from .status import read_records
+from .reduce_plan import ReducePlan, read_plan
 
 DUPLICATE_OF = "duplicate_of"
-FOUND_SCHEMA = pa.schema([pa.field(ROW_ID, pa.int64()), pa.field(DUPLICATE_OF, pa.int64())])
+GROUP = "group"  # the first row id of the group: the first fused row with the key
+GROUPS_SCHEMA = pa.schema([pa.field(ROW_ID, pa.int64()), pa.field(GROUP, pa.int64())])
 
 
 def _read_ipc(path: Path) -> pa.Table:
@@ -36,57 +35,56 @@ def _read_ipc(path: Path) -> pa.Table:
         raise CapsfusError(f"{path} is missing: an earlier reduce stage did not finish") from exc
 
 
-def duplicates_found(plan: ReducePlan, kind: str) -> pa.Table:
-    """Every duplicate of a kind (row_id, duplicate_of), sorted by row id."""
-    partitions = 1 if kind == NEAR else plan.partitions
-    table = pa.concat_tables([_read_ipc(plan.final_paths.dedup(kind, p)) for p in range(partitions)])
-    return table.take(pa.compute.sort_indices(table, [(ROW_ID, "ascending")]))
-
-
 def dedup_task(final_dir: str, kind: str, partition: int) -> int:
-    """Find the duplicates of one partition; returns how many."""
+    """Write the rows of one partition that share their key, with their groups; returns how many."""
     plan = read_plan(Path(final_dir))
     out = plan.final_paths
     table = pa.concat_tables([_read_ipc(out.map_keys(task, kind, partition))
-                              for task in range(len(plan.judge_tasks))]).combine_chunks()
-    if kind == CAPTION:
-        dropped = duplicates_found(plan, KEY).column(ROW_ID).to_numpy()
-        table = table.filter(pa.array(~np.isin(table.column(ROW_ID).to_numpy(), dropped)))
+                              for task in range(len(plan.key_tasks))]).combine_chunks()
     row_ids = table.column(ROW_ID).to_numpy()
     first = first_seen(table.column("key").combine_chunks()) if table.num_rows else np.zeros(0, np.int64)
-    losers = np.flatnonzero(first != np.arange(len(first)))
-    found = pa.table([pa.array(row_ids[losers]), pa.array(row_ids[first[losers]])], schema=FOUND_SCHEMA)
-    _write_found(out.dedup(kind, partition), found)
-    return found.num_rows
-
-
-def _write_found(path: Path, found: pa.Table) -> None:
+    rows = np.flatnonzero(np.bincount(first, minlength=len(first))[first] > 1)  # in groups of two or more
+    groups = pa.table([pa.array(row_ids[rows]), pa.array(row_ids[first[rows]])], schema=GROUPS_SCHEMA)
+    path = out.dedup(kind, partition)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    with atomic_path(path) as tmp, pa.ipc.new_file(tmp, FOUND_SCHEMA) as writer:
-        writer.write_table(found)
+    with atomic_path(path) as tmp, pa.ipc.new_file(tmp, GROUPS_SCHEMA) as writer:
+        writer.write_table(groups)
+    return groups.num_rows
 
 
-def near_dup_task(final_dir: str) -> int:
-    """Near-duplicate captions among the rows every earlier stage kept, in one pass in row id order."""
-    plan = read_plan(Path(final_dir))
-    out = plan.final_paths
-    dropped = [pq.read_table(out.map_rejects(t), columns=[ROW_ID]).column(ROW_ID).to_numpy()
-               for t in range(len(plan.judge_tasks))]
-    dropped += [duplicates_found(plan, kind).column(ROW_ID).to_numpy() for kind in plan.kinds]
-    dropped = np.sort(np.concatenate(dropped))
+class DuplicateGroups:
+    """The shared keys of one kind, settled batch by batch in row id order: the first row of a
+    group to be offered wins, and each later one offered is a duplicate of it."""
 
-    run = plan.run_paths
-    _, manifest = load_run(run)
-    parts, _ = committed_parts(run, manifest, read_records(run, manifest))
+    def __init__(self, row_ids: np.ndarray, groups: np.ndarray):
+        order = np.argsort(row_ids, kind="stable")
+        self.row_ids = row_ids[order]
+        _, group_index = np.unique(groups[order], return_inverse=True)
+        self.group = group_index.reshape(-1).astype(np.int64)
+        self.winner = np.full(int(self.group.max()) + 1 if len(self.group) else 0, -1, np.int64)
 
-    def kept_captions():
-        for batch in batches(parts, plan.schema):
-            row_ids = batch.column(ROW_ID).to_numpy()
-            keep = ~np.isin(row_ids, dropped)
-            yield from zip(row_ids[keep].tolist(), batch.column(FUSED_CAPTION).filter(pa.array(keep)).to_pylist())
+    @classmethod
+    def load(cls, plan: ReducePlan, kind: str) -> "DuplicateGroups":
+        table = pa.concat_tables([_read_ipc(plan.final_paths.dedup(kind, p)) for p in range(plan.partitions)])
+        return cls(table.column(ROW_ID).to_numpy(), table.column(GROUP).to_numpy())
 
-    pairs = list(near_duplicates(kept_captions(), plan.options.near_dup))
-    found = pa.table([pa.array([p[0] for p in pairs], pa.int64()), pa.array([p[1] for p in pairs], pa.int64())],
-                     schema=FOUND_SCHEMA)
-    _write_found(out.dedup(NEAR, 0), found)
-    return found.num_rows
+    def settle(self, row_ids: np.ndarray, offered: np.ndarray) -> np.ndarray:
+        """For each row of a batch (row ids ascending, after every earlier batch), the winner's row
+        id if it is offered and an earlier offered row of its group won, else -1."""
+        out = np.full(len(row_ids), -1, np.int64)
+        if not len(row_ids):
+            return out
+        lo, hi = np.searchsorted(self.row_ids, [row_ids[0], row_ids[-1] + 1])
+        members = self.row_ids[lo:hi]
+        offsets = np.searchsorted(row_ids, members)
+        if len(members) and not np.array_equal(row_ids[np.minimum(offsets, len(row_ids) - 1)], members):
+            raise CapsfusError("internal error: a row that shares its key is missing from the rows read")
+        take = offered[offsets]
+        members, offsets, groups = members[take], offsets[take], self.group[lo:hi][take]
+        unique, first = np.unique(groups, return_index=True)
+        fresh = self.winner[unique] < 0
+        self.winner[unique[fresh]] = members[first[fresh]]
+        winners = self.winner[groups]
+        lost = winners != members
+        out[offsets[lost]] = winners[lost]
+        return out

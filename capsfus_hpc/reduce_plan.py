@@ -1,4 +1,4 @@
-"""What a reduce does, as plain data: options, which shards each judge task reads, how many key
+"""What a reduce does, as plain data: options, which shards each key task reads, how many key
 partitions. The plan is written to FINAL/.reduce/plan.json, so a reduce task (local process or
 SLURM array task) needs only the final folder and its index."""
 
@@ -19,10 +19,9 @@ from .manifest import Manifest
 from .paths import ReducePaths, RunPaths
 
 ROWS_PER_PARTITION = 2_000_000  # keys of one partition are deduped in memory: ~300 MB at this size
-MIN_ROWS_PER_JUDGE_TASK = 200_000  # below this a task's start-up outweighs its work
+MIN_ROWS_PER_KEY_TASK = 200_000  # below this a task's start-up outweighs its work
 KEY = "key"  # partition kinds: the dedup key column, and the normalised fused caption
 CAPTION = "caption"
-NEAR = "near"  # near-duplicate captions: one global task after the exact kinds
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ class ReducePlan:
     run: str
     final: str
     options: ReduceOptions
-    judge_tasks: tuple[tuple[int, ...], ...]  # shard ids each judge task reads, in manifest order
+    key_tasks: tuple[tuple[int, ...], ...]  # shard ids each key task reads, in manifest order
     partitions: int
     schema: pa.Schema  # of the parts, unified: what the data and rejects files are built from
 
@@ -74,13 +73,13 @@ class ReducePlan:
 
     def as_dict(self) -> dict:
         return {"run": self.run, "final": self.final, "options": self.options.as_dict(),
-                "judge_tasks": [list(t) for t in self.judge_tasks], "partitions": self.partitions,
+                "key_tasks": [list(t) for t in self.key_tasks], "partitions": self.partitions,
                 "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode()}
 
     @classmethod
     def from_dict(cls, data: dict) -> ReducePlan:
         return cls(data["run"], data["final"], ReduceOptions.from_dict(data["options"]),
-                   tuple(tuple(t) for t in data["judge_tasks"]), data["partitions"],
+                   tuple(tuple(t) for t in data["key_tasks"]), data["partitions"],
                    pa.ipc.read_schema(pa.py_buffer(base64.b64decode(data["schema"]))))
 
     @property
@@ -94,14 +93,14 @@ class ReducePlan:
 
 def plan_reduce(run: Path, final: Path, manifest: Manifest, shard_rows: dict[int, int], schema: pa.Schema,
                 options: ReduceOptions, workers: int) -> ReducePlan:
-    """Pure: shards with committed rows cut into judge tasks of contiguous shards (one per worker
+    """Pure: shards with committed rows cut into key tasks of contiguous shards (one per worker
     when there is enough work), and enough key partitions to keep each one small.
     The output does not depend on either number: only the work does."""
     shard_ids = [s.id for s in manifest.shards if shard_rows.get(s.id)]
     rows = sum(shard_rows.get(s, 0) for s in shard_ids)
-    # One task per worker: a judge task streams, so its size costs no memory, and each task
+    # One task per worker: a key task streams, so its size costs no memory, and each task
     # pays a second or so of start-up.
-    tasks = max(1, min(len(shard_ids), workers, math.ceil(rows / MIN_ROWS_PER_JUDGE_TASK)))
+    tasks = max(1, min(len(shard_ids), workers, math.ceil(rows / MIN_ROWS_PER_KEY_TASK)))
     groups, target, current, current_rows, done_rows = [], rows / tasks, [], 0, 0
     for shard in shard_ids:
         current.append(shard)
@@ -112,7 +111,7 @@ def plan_reduce(run: Path, final: Path, manifest: Manifest, shard_rows: dict[int
             current, current_rows = [], 0
     if current or not groups:
         groups.append(tuple(current))
-    partitions = max(1, math.ceil(rows / ROWS_PER_PARTITION), workers if rows >= MIN_ROWS_PER_JUDGE_TASK else 1)
+    partitions = max(1, math.ceil(rows / ROWS_PER_PARTITION), workers if rows >= MIN_ROWS_PER_KEY_TASK else 1)
     return ReducePlan(str(run), str(final), options, tuple(groups), partitions, schema)
 
 

@@ -1,32 +1,29 @@
-"""What the local reduce's fork server loads before it forks the worker processes.
+"""Loading the reduce's compiled kernels ahead of the work that needs them.
 
-The workers come from a fork server (forking the main process would copy the state of
-pyarrow's and numba's threads, which does not survive a fork). reduce.py starts the server
-before it plans the reduce, naming this module as the server's preload: the stages' modules and
-numba's compiled kernels (about a second and a half, most of it numba starting up) are then loaded
-once, while the main process plans, and every worker is forked ready to work instead of
-loading them itself as its first task starts.
+The key and dedup workers come from a fork server (forking the main process would copy the
+state of pyarrow's and numba's threads, which does not survive a fork). reduce.py starts the
+server before it plans the reduce, naming this module as the server's preload: the stages'
+modules and numba's compiled kernels (about a second and a half, most of it numba starting up)
+are then loaded once, while the main process plans, and every worker is forked ready to work.
+The main process, which runs assemble, loads the caption screen's kernels while the key tasks
+run (reduce_judge.load_screen).
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-from . import reduce_dedup, reduce_judge  # noqa: F401 (the stages' modules, loaded for the workers)
-from .caption_rules import DEFAULT_RULES
-from .caption_screen import screen
+from . import reduce_dedup, reduce_keys  # noqa: F401 (the stages' modules, loaded for the workers)
 from .dedup import first_seen, key_hashes, partition_of
 from .keys import normalize_caption_column, normalize_url_column
 
 
 def load_kernels() -> None:
-    """Run each compiled kernel of the judge and dedup stages once, on two rows."""
-    captions = pa.array(["A cat on a mat.", "Un café ÉTÉ, Nike™."])
-    screen(captions, captions, captions, pa.array(["eos", "length"]), DEFAULT_RULES)
+    """Run each compiled kernel of the key and dedup stages once, on two rows."""
     keys = normalize_url_column(pa.array(["https://A.example/x#y", "b"]))
     partition_of(key_hashes(keys), 2)
     first_seen(keys)
-    normalize_caption_column(captions)
+    normalize_caption_column(pa.array(["A cat on a mat.", "Un café ÉTÉ, Nike™."]))
 
 
 try:

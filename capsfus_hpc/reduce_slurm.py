@@ -1,6 +1,6 @@
 """`reduce --slurm`: the reduce's three stages as SLURM jobs, each stage an array after the last.
 
-The tasks are the ones a local reduce runs (reduce_judge.judge_task, reduce_dedup.dedup_task,
+The tasks are the ones a local reduce runs (reduce_keys.keys_task, reduce_dedup.dedup_task,
 reduce_assemble.assemble_task) with the same plan in FINAL/.reduce/plan.json, so the output is
 byte for byte the local reduce's. Stages depend on each other with afterok: a failed task
 stops the later stages, and `wait_for_reduce` names the job and its log.
@@ -18,8 +18,8 @@ from .errors import CapsfusError
 from .paths import ReducePaths, RunPaths
 from .reduce import prepare_reduce
 from .reduce_assemble import assemble_task
-from .reduce_dedup import dedup_task, near_dup_task
-from .reduce_judge import judge_task
+from .reduce_dedup import dedup_task
+from .reduce_keys import keys_task
 from .reduce_plan import ReduceOptions
 from .scheduler import parse_sacct
 from .slurm import SlurmOptions, _run, max_array_size, spec_for, submit_array
@@ -27,7 +27,7 @@ from .slurm import SlurmOptions, _run, max_array_size, spec_for, submit_array
 
 @dataclass(frozen=True)
 class ReduceJob:
-    stage: str  # judge, dedup-key, dedup-caption, assemble
+    stage: str  # keys, dedup, assemble
     job_id: str
     tasks: int
 
@@ -37,18 +37,16 @@ def submit_reduce(paths: RunPaths, final: Path, options: ReduceOptions, slurm: S
     """Plan the reduce for about `tasks` tasks per stage and submit its stages; returns the jobs."""
     plan = prepare_reduce(paths, final, options, tasks)
     limit = max_array_size()
-    if max(len(plan.judge_tasks), plan.partitions) > limit:
-        raise CapsfusError(f"the reduce needs {max(len(plan.judge_tasks), plan.partitions)} tasks in a stage, "
+    dedup_tasks = [(plan.final, kind, p) for kind in plan.kinds for p in range(plan.partitions)]
+    if max(len(plan.key_tasks), len(dedup_tasks)) > limit:
+        raise CapsfusError(f"the reduce needs {max(len(plan.key_tasks), len(dedup_tasks))} tasks in a stage, "
                            f"over this cluster's MaxArraySize {limit}; ask for fewer with --workers")
     logs = plan.final_paths.logs
     logs.mkdir(parents=True, exist_ok=True, mode=0o755)
     slurm = replace(slurm, gpus=None)  # the reduce needs no GPU
-    stages = [("judge", judge_task, [(plan.final, t) for t in range(len(plan.judge_tasks))])]
-    stages += [(f"dedup-{kind}", dedup_task, [(plan.final, kind, p) for p in range(plan.partitions)])
-               for kind in plan.kinds]
-    if options.near_dup:
-        stages.append(("dedup-near", near_dup_task, [(plan.final,)]))
-    stages.append(("assemble", assemble_task, [(plan.final,)]))
+    stages = [("keys", keys_task, [(plan.final, t) for t in range(len(plan.key_tasks))]),
+              ("dedup", dedup_task, dedup_tasks),
+              ("assemble", assemble_task, [(plan.final,)])]
     jobs: list[ReduceJob] = []
     for stage, function, arguments in stages:
         dependency = f"afterok:{jobs[-1].job_id}" if jobs else None

@@ -4,6 +4,7 @@ import numpy as np
 import pyarrow as pa
 
 from capsfus_hpc.dedup import first_seen, key_hashes, partition_of
+from capsfus_hpc.reduce_dedup import DuplicateGroups
 
 
 def test_first_seen_names_the_first_row_of_each_key():
@@ -27,3 +28,15 @@ def test_a_key_always_lands_in_the_same_partition():
     for i in range(50, 1000):
         assert where[i] == where[i % 50]
     assert np.array_equal(key_hashes(keys), key_hashes(pa.array(keys.to_pylist(), pa.large_string())))
+
+
+def test_the_first_offered_row_of_a_group_wins_across_batches():
+    # Groups (by first row id): {1, 4, 9} and {2, 3}; rows arrive in batches, in row id order.
+    groups = DuplicateGroups(np.array([9, 1, 4, 2, 3]), np.array([1, 1, 1, 2, 2]))
+    row_ids = np.arange(0, 12)
+    offered = np.ones(12, np.bool_)
+    offered[1] = False  # row 1 failed the caption rules: row 4 is its group's first to pass
+    first, second = groups.settle(row_ids[:5], offered[:5]), groups.settle(row_ids[5:], offered[5:])
+    assert first.tolist() == [-1, -1, -1, 2, -1]
+    assert second.tolist() == [-1, -1, -1, -1, 4, -1, -1]
+    assert DuplicateGroups(np.zeros(0, np.int64), np.zeros(0, np.int64)).settle(row_ids, offered).tolist() == [-1] * 12

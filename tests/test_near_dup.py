@@ -2,7 +2,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from capsfus_hpc.errors import CapsfusError
-from capsfus_hpc.near_dup import near_duplicates, shingles
+from capsfus_hpc.near_dup import NearDuplicates, shingles
 from capsfus_hpc.reduce import REJECTS_FILE, ReduceOptions, reduce_run
 
 from .conftest import make_run, run_with_official_captions, write_parquet
@@ -18,16 +18,19 @@ def test_near_copies_of_real_captions_are_found_and_distinct_ones_kept(real_reco
     captions = [r["capsfuion_official"] for r in real_records[:400]]
     long_ones = [i for i, c in enumerate(captions) if len(c.split()) >= 25][:50]
     rows = list(enumerate(captions)) + [(400 + k, _edited(captions[i])) for k, i in enumerate(long_ones)]
-    found = dict(near_duplicates(rows, 0.8))
+    found = dict(NearDuplicates(0.8).find(rows))
     assert found == {400 + k: i for k, i in enumerate(long_ones)}
-    assert found == dict(near_duplicates(rows, 0.8))  # the same answer every time
+    assert found == dict(NearDuplicates(0.8).find(rows))  # the same answer every time
+    # Offered in batches, a row is held against the rows kept from earlier batches too.
+    state = NearDuplicates(0.8)
+    assert dict(state.find(rows[:400]) + state.find(rows[400:])) == found
 
 
 def test_short_captions_and_bad_thresholds():
     assert shingles("A cat.") == [b"a cat"]
     assert shingles("one two three four") == [b"one two three", b"two three four"]
     with pytest.raises(CapsfusError, match="Jaccard"):
-        list(near_duplicates([(0, "a b c")], 1.5))
+        NearDuplicates(1.5)
 
 
 def test_reduce_drops_near_duplicates_after_exact_ones(tmp_path, real_records, smoke_model):

@@ -4,7 +4,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from capsfus_hpc.errors import CapsfusError
-from capsfus_hpc import reduce_plan
+from capsfus_hpc import reduce_judge, reduce_plan
 from capsfus_hpc.reduce import prepare_reduce, DATA_FILE, DUPLICATES_FILE, REJECTS_FILE, STATS_FILE, ReduceOptions, reduce_run
 from capsfus_hpc.settings import load_run
 from capsfus_hpc.worker import run_shard
@@ -194,10 +194,11 @@ def test_the_same_bytes_however_many_tasks_and_partitions(tmp_path, finished_run
     options = ReduceOptions(dedup_caption=True, write_duplicates=True)
     reduce_run(finished_run, tmp_path / "one", options, workers=1)
     assert not (tmp_path / "one" / ".reduce").exists()  # the scratch space is gone after a reduce
-    monkeypatch.setattr(reduce_plan, "MIN_ROWS_PER_JUDGE_TASK", 7)
+    monkeypatch.setattr(reduce_plan, "MIN_ROWS_PER_KEY_TASK", 7)
     monkeypatch.setattr(reduce_plan, "ROWS_PER_PARTITION", 5)
+    monkeypatch.setattr(reduce_judge, "BATCH_ROWS", 10)  # assemble settles duplicates across batches
     plan = prepare_reduce(finished_run, tmp_path / "many", options, workers=2)
-    assert len(plan.judge_tasks) > 1 and plan.partitions > 1
+    assert len(plan.key_tasks) > 1 and plan.partitions > 1
     reduce_run(finished_run, tmp_path / "many", options, workers=2)
     assert _file_bytes(tmp_path / "many") == _file_bytes(tmp_path / "one")
 

@@ -31,11 +31,11 @@ def test_reduce_on_slurm_arrays_is_byte_identical_to_the_local_reduce(tmp_path, 
                                                                       monkeypatch):
     paths = _finished_run(tmp_path, real_records, smoke_model)
     local = reduce_run(paths, tmp_path / "local", OPTIONS, workers=1)
-    # Small stages so each is a real array: several judge tasks and several key partitions.
-    monkeypatch.setattr(reduce_plan, "MIN_ROWS_PER_JUDGE_TASK", 15)
+    # Small stages so each is a real array: several key tasks and several key partitions.
+    monkeypatch.setattr(reduce_plan, "MIN_ROWS_PER_KEY_TASK", 15)
     monkeypatch.setattr(reduce_plan, "ROWS_PER_PARTITION", 25)
     jobs = submit_reduce(paths, tmp_path / "slurm", OPTIONS, SlurmOptions(cpus=1, mem="2G", time="10"), tasks=3)
-    assert [job.stage for job in jobs] == ["judge", "dedup-key", "dedup-caption", "dedup-near", "assemble"]
+    assert [job.stage for job in jobs] == ["keys", "dedup", "assemble"]
     assert jobs[0].tasks > 1 and jobs[1].tasks > 1
     stats = wait_for_reduce(tmp_path / "slurm", jobs)
     assert _file_bytes(tmp_path / "slurm") == _file_bytes(tmp_path / "local")
