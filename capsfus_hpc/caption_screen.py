@@ -446,6 +446,7 @@ def _screen(c_off, c_dat, c_valid, length_finish, r_off, r_dat, r_valid, s_off, 
         size *= 2
     slots = np.zeros(size, np.uint64)  # a per-row set of word hashes, told apart by stamp
     stamps = np.zeros(size, np.int64)
+    tallies = np.zeros(size, np.int64)  # how often each word occurs
     sentence = word_hash(np.frombuffer(b"sentence", np.uint8), 0, 8)
     # Two 64-bit filters of the echo phrases' first words (by two fields of the hash), so that
     # nearly all other words are passed over fast, common short ones included.
@@ -493,7 +494,7 @@ def _screen(c_off, c_dat, c_valid, length_finish, r_off, r_dat, r_valid, s_off, 
             if synthetic == JUDGE:
                 continue
             verdict |= synthetic
-        echo, distinct = False, 0
+        echo, distinct, most = False, 0, 1
         used = 16  # the set's slots this row: at most half full, and few enough to stay in L1 cache
         while used < 2 * count:
             used *= 2
@@ -511,11 +512,15 @@ def _screen(c_off, c_dat, c_valid, length_finish, r_off, r_dat, r_valid, s_off, 
             while stamps[slot] == row + 1 and slots[slot] != h:
                 slot = np.int64((slot + 1) & mask)
             if stamps[slot] != row + 1:
-                stamps[slot], slots[slot] = row + 1, h
+                stamps[slot], slots[slot], tallies[slot] = row + 1, h, 1
                 distinct += 1
+            else:
+                tallies[slot] += 1
+                most = max(most, tallies[slot])
         if echo:
             continue
-        if count - distinct >= max_repeats and _has_loop(hashes[1:], count, max_repeats, max_phrase_words):
+        # A phrase followed by max_repeats copies of itself has a word that occurs once more.
+        if most > max_repeats and _has_loop(hashes[1:], count, max_repeats, max_phrase_words):
             continue
         if count >= distinct_min_words and distinct < min_distinct_ratio * count:
             continue

@@ -85,12 +85,9 @@ def prepare_reduce(paths: RunPaths, final: Path, options: ReduceOptions, workers
     return plan
 
 
-def _run_stage(pool: ProcessPoolExecutor | None, function, argument_lists, on_done=None, meanwhile=None) -> list:
-    """Run the stage's tasks (in the pool, or here in turn), handing each result on in task order;
-    `meanwhile` runs here once the tasks are handed to the pool."""
+def _run_stage(pool: ProcessPoolExecutor | None, function, argument_lists, on_done=None) -> list:
+    """Run the stage's tasks (in the pool, or here in turn), handing each result on in task order."""
     futures = [pool.submit(function, *arguments) for arguments in argument_lists] if pool else None
-    if meanwhile:
-        meanwhile()
     results = []
     for index, arguments in enumerate(argument_lists):
         results.append(futures[index].result() if futures else function(*arguments))
@@ -109,6 +106,7 @@ def reduce_run(paths: RunPaths, final: Path, options: ReduceOptions = ReduceOpti
         context.set_forkserver_preload([f"{__package__}.reduce_preload"])
         forkserver.ensure_running()
     plan = prepare_reduce(paths, final, options, workers)
+    load_screen()  # for assemble, here, while the server loads the workers' kernels
     final_dir = plan.final
     dedup_tasks = [(final_dir, kind, p) for kind in plan.kinds for p in range(plan.partitions)]
     processes = min(workers, max(len(plan.key_tasks), len(dedup_tasks)))
@@ -122,7 +120,7 @@ def reduce_run(paths: RunPaths, final: Path, options: ReduceOptions = ReduceOpti
 
     try:
         _run_stage(pool, keys_task, [(final_dir, t) for t in range(len(plan.key_tasks))],
-                   lambda result: advance(result["rows"]), meanwhile=load_screen)
+                   lambda result: advance(result["rows"]))
         _run_stage(pool, dedup_task, dedup_tasks)
     finally:
         if pool is not None:
