@@ -33,7 +33,7 @@ from .near_dup import NearDuplicates
 from .reconcile import committed_parts
 from .reduce_dedup import DUPLICATE_OF, DuplicateGroups
 from .reduce_judge import REJECT_DETAIL, REJECT_REASON, Judged, batches, conform, judge_batch, screened_rows
-from .reduce_plan import CAPTION, KEY, read_plan, rules_document
+from .reduce_plan import CAPTION, KEY, ReducePlan, read_plan, rules_document
 from .settings import load_run
 from .status import read_records
 
@@ -44,11 +44,15 @@ DUPLICATES_SCHEMA = pa.schema([pa.field(ROW_ID, pa.int64()), pa.field(DUPLICATE_
                                pa.field(REJECT_REASON, pa.string())])
 
 
-def _check_maps(plan) -> None:
+def _keyed_rows(plan: ReducePlan) -> int:
+    """How many fused rows the key tasks saw; each must have finished."""
+    ok = 0
     for task in range(len(plan.key_tasks)):
-        if not plan.final_paths.map_done(task).exists():
-            raise CapsfusError(f"key task {task} did not finish ({plan.final_paths.map_done(task)} is missing); "
-                               "run the reduce again")
+        path = plan.final_paths.map_done(task)
+        if not path.exists():
+            raise CapsfusError(f"key task {task} did not finish ({path} is missing); run the reduce again")
+        ok += json.loads(path.read_text())["ok"]
+    return ok
 
 
 def _dropped_rows(table: pa.Table, judged: Judged, found: list[tuple[str, str, np.ndarray]]) -> pa.Table | None:
@@ -89,7 +93,7 @@ def assemble_task(final_dir: str, on_rows=None) -> dict:
     settings, manifest = load_run(run)
     columns = manifest.columns
     parts, gaps = committed_parts(run, manifest, read_records(run, manifest))
-    _check_maps(plan)
+    keyed = _keyed_rows(plan)
     kinds = [(kind, reason, said, DuplicateGroups.load(plan, kind))
              for kind, reason, said in ((KEY, DUPLICATE_KEY, f"same {columns.key}"),
                                         (CAPTION, DUPLICATE_CAPTION, "same caption")) if kind in plan.kinds]
@@ -150,6 +154,9 @@ def assemble_task(final_dir: str, on_rows=None) -> dict:
             for future in pending.popleft():
                 future.result()
     ok = counts.pop("ok", 0)
+    if ok != keyed:
+        raise CapsfusError(f"the parts changed during the reduce: the key tasks saw {keyed} fused rows, "
+                           f"assemble {ok}; run the reduce again")
     rejected = dict(sorted(counts.items()))
     duplicates_by_kind = {reason: n for reason, n in duplicates_by_kind.items() if n}
     missing_rows = sum(gap.rows for gap in gaps)
