@@ -37,6 +37,9 @@ from .reduce_plan import CAPTION, KEY, ReducePlan, read_plan, rules_document
 from .settings import load_run
 from .status import read_records
 
+# Reader threads, one per CPU up to this: each holds up to two batches (~25 MB each) in flight,
+# and past a handful the main thread's judging and the one encoder are the limit anyway.
+MAX_READERS = 8
 DUPLICATE_KEY = "duplicate_key"
 DUPLICATE_CAPTION = "duplicate_caption"
 DUPLICATE_NEAR = "duplicate_near"
@@ -121,7 +124,7 @@ def assemble_task(final_dir: str, on_rows=None) -> dict:
         dropped_writer = stack.enter_context(ThreadPoolExecutor(1))
         pending = deque()
         read = screened_rows(plan.schema, columns, options.rules)
-        for table, flags in batches(parts, read, readers=len(os.sched_getaffinity(0))):
+        for table, flags in batches(parts, read, readers=min(len(os.sched_getaffinity(0)), MAX_READERS)):
             judged = judge_batch(table, flags, columns, options.rules, counts)
             row_ids = table.column(ROW_ID).to_numpy()
             kept, found = judged.passed, []
