@@ -4,10 +4,10 @@ normalised fused caption, with an LSH index (datasketch), greedy in manifest ord
 A row is dropped when an earlier kept row's caption is estimated at least `threshold` similar
 (Jaccard of 3-grams); LSH proposes candidates and the MinHash estimate confirms them, and the
 earliest confirmed row is named as the winner. It runs after exact dedup, over the rows still
-kept, in the assemble task: the index is global and in memory, about 1.5 KB per kept caption (some
-700k captions per GB), and MinHash costs about 90 us per caption on one core. So it suits runs
-of a few million rows; beyond that, dedup exactly and leave near duplicates to training-time
-sampling.
+kept, in the assemble task: the index is global and in memory, about 1.5 KB per kept caption
+(some 700k captions per GB), and MinHash costs about 90 us per caption on one core. So it suits
+runs of a few million rows; beyond that, dedup exactly and leave near duplicates to
+training-time sampling.
 """
 
 from __future__ import annotations
