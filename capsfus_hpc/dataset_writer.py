@@ -61,6 +61,7 @@ class DataWriter:
         self._writer.close()
         self._writer = None
         self._file.close()  # fsync and rename into place
+        self._file = None
 
     def __exit__(self, kind, error, trace) -> None:
         if error is None:
@@ -70,6 +71,6 @@ class DataWriter:
                 self._open()  # an empty dataset is still one valid file
             if self._writer is not None:
                 self._close_file()
-        elif self._file is not None:
+        elif self._writer is not None:  # the file being filled goes; finished ones are the caller's
             self._writer.close()
             self._file.__exit__(kind, error, trace)

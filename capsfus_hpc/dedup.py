@@ -1,9 +1,10 @@
 """Exact dedup of normalised keys: hash partitions, then the first row of each key per partition.
 
 A key always lands in the same partition, so partitions dedup independently (in parallel, or
-as SLURM array tasks) and the winners do not depend on how many partitions there are. Within
-a partition rows are in row id order, so the first occurrence of a key is its winner. Keys are
-compared byte for byte; the 64-bit hash only places them.
+as SLURM array tasks) and the groups do not depend on how many partitions there are. Within a
+partition rows are in row id order, so the first occurrence of a key names its group
+(reduce_dedup.py; which row wins is settled in assemble). Keys are compared byte for byte; the
+64-bit hash only places them.
 """
 
 from __future__ import annotations

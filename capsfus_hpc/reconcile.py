@@ -102,16 +102,22 @@ def read_part(part: Part, columns: list[str] | None = None, verify: bool = True)
     if len(data) != part.chunk.bytes or (verify and sha256_bytes(data) != part.chunk.sha256):
         raise _part_error(part, DAMAGED)
     try:
-        # ParquetFile.read: a third of read_table's cost for a small file (no dataset discovery).
-        file = pq.ParquetFile(pa.BufferReader(data))
-        if columns is not None:
-            names = set(file.schema_arrow.names)
-            columns = [ROW_ID, *(c for c in columns if c in names and c != ROW_ID)]
-        table = file.read(columns, use_threads=False)
-    except (OSError, pa.ArrowException) as exc:
-        if sha256_bytes(data) != part.chunk.sha256:
+        return _decode_part(part, data, columns)
+    except Exception as exc:  # unverified bytes can fail anywhere in decoding: the checksum says why
+        if not verify and sha256_bytes(data) != part.chunk.sha256:
             raise _part_error(part, DAMAGED) from exc
-        raise _part_error(part, f"cannot be read ({exc})") from exc
+        if isinstance(exc, CapsfusError):
+            raise
+        raise _part_error(part, f"cannot be read ({type(exc).__name__}: {exc})") from exc
+
+
+def _decode_part(part: Part, data: bytes, columns: list[str] | None) -> pa.Table:
+    # ParquetFile.read: a third of read_table's cost for a small file (no dataset discovery).
+    file = pq.ParquetFile(pa.BufferReader(data))
+    if columns is not None:
+        names = set(file.schema_arrow.names)
+        columns = [ROW_ID, *(c for c in columns if c in names and c != ROW_ID)]
+    table = file.read(columns, use_threads=False)
     row_ids = table.column(ROW_ID)
     # A chunk's own to_numpy: the chunked array's took 60 times as long (0.9 us a row).
     if (table.num_rows != part.chunk.rows or row_ids.null_count or not np.array_equal(

@@ -1,11 +1,11 @@
 """Reduce stage 3, one task: judge every row and write the final dataset, in manifest order.
 
-The parts are read (checksums checked) and screened on reader threads, one per CPU; each batch
-is judged (reduce_judge.py), its rows that pass are offered to the duplicate groups of each
-kind in turn (reduce_dedup.py), then to the near-duplicate index (near_dup.py, opt-in); what
-is left goes to the data files, the rest to rejects.parquet with the reason. Reading each row
-once, here, is why captions are not judged in the parallel key tasks: judging there meant
-decoding every part twice.
+The parts are read (checksums checked) and screened on reader threads, one per CPU up to
+MAX_READERS; each batch is judged (reduce_judge.py), its rows that pass are offered to the
+duplicate groups of each kind in turn (reduce_dedup.py), then to the near-duplicate index
+(near_dup.py, opt-in); what is left goes to the data files, the rest to rejects.parquet with the
+reason. Reading each row once, here, is why captions are not judged in the parallel key tasks:
+judging there meant decoding every part twice.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from .errors import CapsfusError
 from .near_dup import NearDuplicates
 from .reconcile import committed_parts
 from .reduce_dedup import DUPLICATE_OF, DuplicateGroups
-from .reduce_judge import REJECT_DETAIL, REJECT_REASON, Judged, batches, conform, judge_batch, screened_rows
+from .reduce_judge import REJECT_DETAIL, REJECT_REASON, Judged, batches, conform, judge_batch, load_screen, screened_rows
 from .reduce_plan import CAPTION, KEY, ReducePlan, read_plan, rules_document
 from .settings import load_run
 from .status import read_records
@@ -81,6 +81,12 @@ def _dropped_rows(table: pa.Table, judged: Judged, found: list[tuple[str, str, n
     return dropped
 
 
+def _remove_on_error(folder: Path, names: list[str], error: BaseException | None) -> None:
+    if error is not None:
+        for name in names:
+            (folder / name).unlink(missing_ok=True)
+
+
 def _write_dropped(rejects: DataWriter, dropped: pa.Table | None, duplicates: DataWriter | None) -> None:
     if dropped is None:
         return
@@ -94,6 +100,7 @@ def assemble_task(final_dir: str, on_rows=None) -> dict:
     plan = read_plan(Path(final_dir))
     run, out, options = plan.run_paths, plan.final_paths, plan.options
     settings, manifest = load_run(run)
+    load_screen()
     columns = manifest.columns
     parts, gaps = committed_parts(run, manifest, read_records(run, manifest))
     keyed = _keyed_rows(plan)
@@ -109,7 +116,8 @@ def assemble_task(final_dir: str, on_rows=None) -> dict:
     rows_out = 0
     # Commit order: each file appears under its final name only when complete (atomic_path):
     # the data files as they fill, then (as the stack unwinds) duplicates and rejects; then the
-    # card, and stats.json last, which marks a complete reduce.
+    # card, and stats.json last, which marks a complete reduce. A reduce that fails (a damaged
+    # part, say) removes the data files it had published.
     with ExitStack() as stack:
         rejects = stack.enter_context(DataWriter(lambda _: out.rejects, rejects_schema, float("inf"),
                                                  options.row_group_rows))
@@ -117,6 +125,7 @@ def assemble_task(final_dir: str, on_rows=None) -> dict:
                                                     options.row_group_rows)) if options.write_duplicates else None
         data = stack.enter_context(DataWriter(out.data_file, data_schema, options.target_file_bytes,
                                               options.row_group_rows))
+        stack.push(lambda kind, error, trace: _remove_on_error(out.root, data.files, error))
         # Two threads write (parquet encoding releases the GIL): one the data files, the
         # longest job of this stage, and one the rejects and duplicates; so encoding overlaps
         # judging the next batch. Each file has one writer; at most two batches wait.
@@ -156,10 +165,12 @@ def assemble_task(final_dir: str, on_rows=None) -> dict:
         while pending:
             for future in pending.popleft():
                 future.result()
-    ok = counts.pop("ok", 0)
-    if ok != keyed:
-        raise CapsfusError(f"the parts changed during the reduce: the key tasks saw {keyed} fused rows, "
-                           f"assemble {ok}; run the reduce again")
+        for _, _, _, groups in kinds:
+            groups.check_all_seen()
+        ok = counts.pop("ok", 0)
+        if ok != keyed:
+            raise CapsfusError(f"the parts changed during the reduce: the key tasks saw {keyed} fused rows, "
+                               f"assemble {ok}; run the reduce again")
     rejected = dict(sorted(counts.items()))
     duplicates_by_kind = {reason: n for reason, n in duplicates_by_kind.items() if n}
     missing_rows = sum(gap.rows for gap in gaps)

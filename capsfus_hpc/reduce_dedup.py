@@ -23,6 +23,8 @@ from .errors import CapsfusError
 from .reduce_plan import ReducePlan, read_plan
 
 DUPLICATE_OF = "duplicate_of"
+_CHANGED = ("the parts changed during the reduce: a row the key tasks saw was not read by assemble; "
+            "run the reduce again")
 GROUP = "group"  # the first row id of the group: the first fused row with the key
 GROUPS_SCHEMA = pa.schema([pa.field(ROW_ID, pa.int64()), pa.field(GROUP, pa.int64())])
 
@@ -62,6 +64,7 @@ class DuplicateGroups:
         _, group_index = np.unique(groups[order], return_inverse=True)
         self.group = group_index.reshape(-1).astype(np.int64)
         self.winner = np.full(int(self.group.max()) + 1 if len(self.group) else 0, -1, np.int64)
+        self._seen = 0  # members before this index have been in a batch
 
     @classmethod
     def load(cls, plan: ReducePlan, kind: str) -> "DuplicateGroups":
@@ -77,8 +80,10 @@ class DuplicateGroups:
         lo, hi = np.searchsorted(self.row_ids, [row_ids[0], row_ids[-1] + 1])
         members = self.row_ids[lo:hi]
         offsets = np.searchsorted(row_ids, members)
-        if len(members) and not np.array_equal(row_ids[np.minimum(offsets, len(row_ids) - 1)], members):
-            raise CapsfusError("internal error: a row that shares its key is missing from the rows read")
+        if lo != self._seen or (len(members) and not np.array_equal(
+                row_ids[np.minimum(offsets, len(row_ids) - 1)], members)):
+            raise CapsfusError(_CHANGED)
+        self._seen = hi
         take = offered[offsets]
         members, offsets, groups = members[take], offsets[take], self.group[lo:hi][take]
         unique, first = np.unique(groups, return_index=True)
@@ -88,3 +93,8 @@ class DuplicateGroups:
         lost = winners != members
         out[offsets[lost]] = winners[lost]
         return out
+
+    def check_all_seen(self) -> None:
+        """After the last batch: every row that shares a key was in one."""
+        if self._seen != len(self.row_ids):
+            raise CapsfusError(_CHANGED)

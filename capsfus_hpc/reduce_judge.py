@@ -52,7 +52,8 @@ def batches(parts: list[Part], read: Callable[[list[Part]], T], readers: int = 1
             rows = 0
         groups[-1].append(part)
         rows += part.chunk.rows
-    with ThreadPoolExecutor(readers) as pool:
+    pool = ThreadPoolExecutor(readers)
+    try:
         pending = deque(pool.submit(read, group) for group in groups[:2 * readers])
         for group in groups[2 * readers:]:
             done = pending.popleft()
@@ -60,6 +61,8 @@ def batches(parts: list[Part], read: Callable[[list[Part]], T], readers: int = 1
             yield done.result()
         while pending:
             yield pending.popleft().result()
+    finally:  # on an error, or a caller that stops early, reads not yet started are dropped
+        pool.shutdown(cancel_futures=True)
 
 
 def read_rows(schema: pa.Schema, verify: bool = True) -> Callable[[list[Part]], pa.Table]:
@@ -91,7 +94,8 @@ def screened_rows(schema: pa.Schema, columns: ColumnMapping, rules: CaptionRules
 
 def load_screen() -> None:
     """Run the screen's compiled kernels once, on two rows, so that numba has loaded them (about
-    a second) before the first batch arrives: the local reduce does it while the key tasks run."""
+    a second, and the character tables) before the first batch arrives, not on each reader at
+    once. The local reduce does it early, beside the fork server loading the workers' kernels."""
     captions = pa.array(["A cat on a mat.", "Un café ÉTÉ, Nike™."])
     screen(captions, captions, captions, pa.array(["eos", "length"]), DEFAULT_RULES)
 

@@ -5,8 +5,8 @@ state of pyarrow's and numba's threads, which does not survive a fork). reduce.p
 server before it plans the reduce, naming this module as the server's preload: the stages'
 modules and numba's compiled kernels (about a second and a half, most of it numba starting up)
 are then loaded once, while the main process plans, and every worker is forked ready to work.
-The main process, which runs assemble, loads the caption screen's kernels while the key tasks
-run (reduce_judge.load_screen).
+The main process, which runs assemble, loads the caption screen's kernels meanwhile
+(reduce_judge.load_screen).
 """
 
 from __future__ import annotations

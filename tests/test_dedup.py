@@ -2,7 +2,9 @@ import random
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
+from capsfus_hpc.errors import CapsfusError
 from capsfus_hpc.dedup import first_seen, key_hashes, partition_of
 from capsfus_hpc.reduce_dedup import DuplicateGroups
 
@@ -40,3 +42,14 @@ def test_the_first_offered_row_of_a_group_wins_across_batches():
     assert first.tolist() == [-1, -1, -1, 2, -1]
     assert second.tolist() == [-1, -1, -1, -1, 4, -1, -1]
     assert DuplicateGroups(np.zeros(0, np.int64), np.zeros(0, np.int64)).settle(row_ids, offered).tolist() == [-1] * 12
+    groups.check_all_seen()
+
+
+@pytest.mark.parametrize("batches", [[[4, 5, 6], [30, 35]], [[4, 5, 6, 25]]])
+def test_a_row_that_shares_its_key_but_was_not_read_stops_the_reduce(batches):
+    # Row 25 (between two batches) or 35 (after the last) is never read: the parts changed.
+    groups = DuplicateGroups(np.array([5, 25, 35]), np.array([5, 5, 5]))
+    with pytest.raises(CapsfusError, match="the parts changed"):
+        for row_ids in batches:
+            groups.settle(np.array(row_ids), np.ones(len(row_ids), np.bool_))
+        groups.check_all_seen()

@@ -1,3 +1,4 @@
+import io
 import json
 
 import pyarrow.parquet as pq
@@ -77,14 +78,26 @@ def test_an_incomplete_run_is_refused_with_the_missing_shards(tmp_path, finished
     assert not (tmp_path / "final" / STATS_FILE).exists()
 
 
-def test_a_damaged_part_is_named_by_shard_and_chunk(tmp_path, finished_run, _run_all):
+def test_a_damaged_part_is_named_by_shard_and_chunk(tmp_path, finished_run, _run_all, monkeypatch):
     _run_all(finished_run)
     part = finished_run.part(1, 2)
-    data = bytearray(part.read_bytes())
+    clean = part.read_bytes()
+    data = bytearray(clean)
     data[len(data) // 2] ^= 0x01
     part.write_bytes(bytes(data))
     with pytest.raises(CapsfusError, match=r"shard 1 chunk 2: part .*part-00002.parquet does not match its checksum"):
         reduce_run(finished_run, tmp_path / "final")
+    # Damage the fused captions, which only assemble decodes: it finds the part after it published
+    # data files, which it then removes; stats.json is never written.
+    metadata = pq.ParquetFile(io.BytesIO(clean)).metadata
+    column = metadata.row_group(0).column(metadata.schema.names.index("fused_caption"))
+    data = bytearray(clean)
+    data[column.data_page_offset + column.total_compressed_size // 2] ^= 0x01
+    part.write_bytes(bytes(data))
+    monkeypatch.setattr(reduce_judge, "BATCH_ROWS", 8)
+    with pytest.raises(CapsfusError, match=r"shard 1 chunk 2: part .*part-00002.parquet does not match its checksum"):
+        reduce_run(finished_run, tmp_path / "small", ReduceOptions(target_file_bytes=1, row_group_rows=4))
+    assert not list((tmp_path / "small").glob("data-*.parquet")) and not (tmp_path / "small" / STATS_FILE).exists()
     part.unlink()
     with pytest.raises(CapsfusError, match=r"shard 1 chunk 2: part .* is missing"):
         reduce_run(finished_run, tmp_path / "final")
