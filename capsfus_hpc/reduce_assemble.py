@@ -81,6 +81,18 @@ def _dropped_rows(table: pa.Table, judged: Judged, found: list[tuple[str, str, n
     return dropped
 
 
+def _near_winners(near: NearDuplicates, table: pa.Table, row_ids: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Like DuplicateGroups.settle, for near duplicates: each kept row's winner, or -1."""
+    winners = np.full(len(row_ids), -1, np.int64)
+    offered = np.flatnonzero(kept)
+    pairs = near.find(list(zip(row_ids[offered].tolist(),
+                               table.column(FUSED_CAPTION).take(pa.array(offered)).to_pylist())))
+    if pairs:
+        lost, winner = (np.array(values, np.int64) for values in zip(*pairs))
+        winners[np.searchsorted(row_ids, lost)] = winner
+    return winners
+
+
 def _remove_on_error(folder: Path, names: list[str], error: BaseException | None) -> None:
     if error is not None:
         for name in names:
@@ -141,15 +153,9 @@ def assemble_task(final_dir: str, on_rows=None) -> dict:
                 winners = groups.settle(row_ids, kept)
                 kept = kept & (winners < 0)
                 found.append((reason, said, winners))
-            if near is not None and kept.any():
-                winners = np.full(len(row_ids), -1, np.int64)
-                offered = np.flatnonzero(kept)
-                pairs = near.find(list(zip(row_ids[offered].tolist(),
-                                           table.column(FUSED_CAPTION).take(pa.array(offered)).to_pylist())))
-                if pairs:
-                    lost, winner = (np.array(values, np.int64) for values in zip(*pairs))
-                    winners[np.searchsorted(row_ids, lost)] = winner
-                    kept = kept & (winners < 0)
+            if near is not None:
+                winners = _near_winners(near, table, row_ids, kept)
+                kept = kept & (winners < 0)
                 found.append((DUPLICATE_NEAR, "caption nearly the same", winners))
             for reason, _, winners in found:
                 duplicates_by_kind[reason] += int((winners >= 0).sum())
