@@ -16,13 +16,24 @@ matters with real weights.
       computed once), num_beams=3
   (c) fast:      our engine, greedy
 and, to show what the instruction's KV cache buys, faithful and fast without it. Every prompt
-starts with the same instruction tokens, as real ones do.
+starts with the same instruction tokens, as real ones do. Two candidates for the fast mode that
+the engine does not use, to decide whether it should:
+  fast-continuous: transformers' continuous batching (paged attention, pages of 32 tokens so the
+      instruction's pages are shared, CUDA graphs on a GPU), greedy
+  fast-static:     generate with a static KV cache (torch.compile of the decoding step on a GPU),
+      greedy, no prefix reuse, a fixed batch size and cache length so it compiles once; the
+      compilation is timed apart
+On a GPU the engine's batches follow a token budget, what fits in 80% of the memory free once
+the model is built (capsfus_hpc/batching.py), as `submit` does by default; the batch column is
+then the mean batch. The JSON file is rewritten after each mode, so a run cut short keeps what
+it measured.
 
 The limit: each mode's FLOPs at the GPU's measured bf16 matmul TFLOP/s, or its weight reads
 (once per decoding step of a batch) at the measured copy bandwidth, whichever takes longer.
 
     python benchmarks/gpu_throughput.py --json results.json          # on a GPU
     python benchmarks/gpu_throughput.py --smoke --json results.json  # on CPU, the smoke model's shape (CI)
+    python benchmarks/gpu_throughput.py --modes fast,fast-static --json results.json
 """
 
 from __future__ import annotations
@@ -41,8 +52,10 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
+from capsfus_hpc.batching import batch_size_at, kv_bytes_per_token, tokens_that_fit
 from capsfus_hpc.columns import ColumnMapping
 from capsfus_hpc.engine import EOS as FINISHED
 from capsfus_hpc.engine import FusionEngine
@@ -72,9 +85,10 @@ def prompt_lengths(records: list[dict], count: int) -> list[int]:
 
 
 def random_prompts(lengths: list[int], vocab: int, seed: int = 0) -> tuple[list[list[int]], list[int]]:
-    """Prompts of these lengths that all start with the same instruction, and the instruction."""
-    rng = random.Random(seed)
-    instruction = [BOS] + [rng.randrange(3, vocab) for _ in range(INSTRUCTION_TOKENS - 1)]
+    """Prompts of these lengths that all start with the same instruction (whatever the seed), and
+    the instruction."""
+    instruction_rng, rng = random.Random(0), random.Random(seed + 1)
+    instruction = [BOS] + [instruction_rng.randrange(3, vocab) for _ in range(INSTRUCTION_TOKENS - 1)]
     return [instruction + [rng.randrange(3, vocab) for _ in range(n - INSTRUCTION_TOKENS)] for n in lengths], instruction
 
 
@@ -105,25 +119,68 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _left_padded(batch: list[list[int]], width: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    input_ids = torch.full((len(batch), width), PAD, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for row, ids in enumerate(batch):
+        input_ids[row, width - len(ids):] = torch.tensor(ids)
+        mask[row, width - len(ids):] = 1
+    return input_ids.to(device), mask.to(device)
+
+
 @torch.inference_mode()
 def reference_recipe(model, prompts: list[list[int]], device: str) -> None:
     for begin in range(0, len(prompts), 4):
-        batch = prompts[begin:begin + 4]
-        input_ids = torch.full((len(batch), MAX_PROMPT_TOKENS), PAD, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for row, ids in enumerate(batch):
-            input_ids[row, MAX_PROMPT_TOKENS - len(ids):] = torch.tensor(ids)
-            mask[row, MAX_PROMPT_TOKENS - len(ids):] = 1
-        model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), num_beams=3,
-                       max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=PAD,
-                       eos_token_id=EOS)
+        input_ids, mask = _left_padded(prompts[begin:begin + 4], MAX_PROMPT_TOKENS, device)
+        model.generate(input_ids=input_ids, attention_mask=mask, num_beams=3, max_new_tokens=NEW_TOKENS,
+                       min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=PAD, eos_token_id=EOS)
 
 
 def engine_mode(model, prompts: list[list[int]], beams: int, batch_size: int, batch_tokens: int | None,
-                prefix: list[int] | None) -> None:
+                prefix: list[int] | None) -> dict:
     engine = FusionEngine(model, _Ids(), beams, NEW_TOKENS, MAX_PROMPT_TOKENS, batch_size, batch_tokens, prefix)
     engine.min_new_tokens = NEW_TOKENS
     engine.fuse_encoded(prompts)
+    return {"batch_size_after_oom": engine.batch_size} if engine.batch_size != batch_size else {}
+
+
+def mean_batch(lengths: list[int], cap: int, budget: int | None, beams: int) -> float:
+    """The engine's mean batch over these prompts (out of memory aside)."""
+    ordered, batches, begin = sorted(lengths), 0, 0
+    while begin < len(ordered):
+        begin += batch_size_at(ordered, begin, cap, budget, beams, NEW_TOKENS)
+        batches += 1
+    return len(ordered) / batches
+
+
+@torch.inference_mode()
+def static_cache(model, prompts: list[list[int]], batch: int, device: str) -> dict:
+    """Greedy generate on a static cache, longest prompts first, every batch `batch` rows (the last
+    padded with repeats) and the cache MAX_PROMPT_TOKENS + NEW_TOKENS long: one shape, so
+    torch.compile (on a GPU) compiles the decoding step once."""
+    ordered = sorted(prompts, key=len, reverse=True)
+    for begin in range(0, len(ordered), batch):
+        rows = ordered[begin:begin + batch]
+        rows += [rows[-1]] * (batch - len(rows))
+        input_ids, mask = _left_padded(rows, len(rows[0]), device)
+        model.generate(input_ids=input_ids, attention_mask=mask, cache_implementation="static",
+                       max_cache_len=MAX_PROMPT_TOKENS + NEW_TOKENS, max_new_tokens=NEW_TOKENS,
+                       min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=PAD, eos_token_id=EOS)
+    return {}
+
+
+def continuous_batching(model, prompts: list[list[int]]) -> dict:
+    """transformers' continuous batching, greedy; the manager stays for the next call (warm-up and
+    CUDA graphs are paid once, as a task would), pages of 32 tokens so the instruction's are shared.
+    Not in inference mode: the manager's thread runs outside it and updates tensors made here."""
+    config = GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=-1, pad_token_id=PAD)
+    outputs = model.generate_batch(prompts, generation_config=config, persistent_manager=True,
+                                   continuous_batching_config=ContinuousBatchingConfig(page_size=32))
+    generated = sorted({len(output.generated_tokens) for output in outputs.values()})
+    if len(outputs) != len(prompts) or generated != [NEW_TOKENS]:
+        raise RuntimeError(f"continuous batching gave {len(outputs)} outputs of {generated} tokens for "
+                           f"{len(prompts)} prompts of {NEW_TOKENS}")
+    return {}
 
 
 def timed(run, device: str) -> float:
@@ -188,74 +245,127 @@ def overhead_us_per_row(rows: int) -> float:
         return (time.perf_counter() - began) / rows * 1e6
 
 
+ENGINE_MODES = ("reference", "faithful", "fast", "faithful-noprefix", "fast-noprefix")
+CANDIDATES = ("fast-static", "fast-continuous")  # a failure is recorded, not raised: they are not ours
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="the smoke model's shape on CPU, small sizes")
+    parser.add_argument("--modes", default=",".join(ENGINE_MODES + CANDIDATES),
+                        help="comma-separated, measured in this order (default: all)")
     parser.add_argument("--samples", type=int, help="prompts per mode (default: 512 on GPU, 24 with --smoke)")
-    parser.add_argument("--faithful-batch", type=int, help="(default: 64 on GPU, 8 with --smoke)")
-    parser.add_argument("--fast-batch", type=int, help="(default: 256 on GPU, 16 with --smoke)")
-    parser.add_argument("--batch-tokens", type=int, help="token budget per batch for faithful and fast (default: off)")
+    parser.add_argument("--reference-samples", type=int,
+                        help="prompts for the reference, the slowest by far (default: 128 on GPU, --samples with --smoke)")
+    parser.add_argument("--faithful-batch", type=int, help="most prompts a batch (default: 256 on GPU, 8 with --smoke)")
+    parser.add_argument("--fast-batch", type=int, help="(default: 512 on GPU, 16 with --smoke)")
+    parser.add_argument("--batch-tokens", type=int,
+                        help="token budget a batch (default: on GPU what fits in 80%% of free memory, none with --smoke)")
     parser.add_argument("--overhead-rows", type=int, default=4096)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    modes = [name.strip() for name in args.modes.split(",") if name.strip()]
+    unknown = set(modes) - set(ENGINE_MODES + CANDIDATES)
+    if unknown:
+        parser.error(f"unknown modes {', '.join(sorted(unknown))} (known: {', '.join(ENGINE_MODES + CANDIDATES)})")
     device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     shape = SHAPE_SMOKE if args.smoke else SHAPE_13B
     samples = args.samples or (24 if args.smoke else 512)
-    faithful_batch = args.faithful_batch or (8 if args.smoke else 64)
-    fast_batch = args.fast_batch or (16 if args.smoke else 256)
+    reference_samples = args.reference_samples or (samples if args.smoke else 128)
+    faithful_batch = args.faithful_batch or (8 if args.smoke else 256)
+    fast_batch = args.fast_batch or (16 if args.smoke else 512)
 
-    lengths = prompt_lengths(json.loads(EXAMPLES.read_text()), samples)
+    records = json.loads(EXAMPLES.read_text())
+    lengths = prompt_lengths(records, samples)
     prompts, instruction = random_prompts(lengths, shape["vocab_size"])
+    warm_prompts, _ = random_prompts(lengths, shape["vocab_size"], seed=1)  # the same instruction
     model = build_model(shape, device, dtype)
     params = sum(p.numel() for p in model.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     hw = hardware(device, dtype, args.smoke)
-    warm = prompts[:4]
-    reference_recipe(model, warm, device)
-    # name: (run, beams, batch, padded to, the instruction's KV cache reused)
-    modes = {
-        "reference": (lambda: reference_recipe(model, prompts, device), 3, 4, MAX_PROMPT_TOKENS, False),
-        "faithful": (lambda: engine_mode(model, prompts, 3, faithful_batch, args.batch_tokens, instruction), 3,
-                     faithful_batch, None, True),
-        "fast": (lambda: engine_mode(model, prompts, 1, fast_batch, args.batch_tokens, instruction), 1, fast_batch,
-                 None, True),
-        "faithful-noprefix": (lambda: engine_mode(model, prompts, 3, faithful_batch, args.batch_tokens, None), 3,
-                              faithful_batch, None, False),
-        "fast-noprefix": (lambda: engine_mode(model, prompts, 1, fast_batch, args.batch_tokens, None), 1, fast_batch,
-                          None, False),
+    budget = args.batch_tokens
+    if budget is None and device == "cuda":
+        torch.cuda.empty_cache()
+        budget = tokens_that_fit(torch.cuda.mem_get_info()[0], kv_bytes_per_token(model.config, dtype.itemsize))
+    static_batch = min(fast_batch, budget // (MAX_PROMPT_TOKENS + NEW_TOKENS)) if budget else fast_batch
+    reference_recipe(model, warm_prompts[:4], device)
+    # name: (run, prompts, beams, batch for the limit, padded to, the instruction's KV cache reused)
+    table = {
+        "reference": (lambda: reference_recipe(model, prompts[:reference_samples], device), reference_samples, 3, 4,
+                      MAX_PROMPT_TOKENS, False),
+        "faithful": (lambda: engine_mode(model, prompts, 3, faithful_batch, budget, instruction), samples, 3,
+                     mean_batch(lengths, faithful_batch, budget, 3), None, True),
+        "fast": (lambda: engine_mode(model, prompts, 1, fast_batch, budget, instruction), samples, 1,
+                 mean_batch(lengths, fast_batch, budget, 1), None, True),
+        "faithful-noprefix": (lambda: engine_mode(model, prompts, 3, faithful_batch, budget, None), samples, 3,
+                              mean_batch(lengths, faithful_batch, budget, 3), None, False),
+        "fast-noprefix": (lambda: engine_mode(model, prompts, 1, fast_batch, budget, None), samples, 1,
+                          mean_batch(lengths, fast_batch, budget, 1), None, False),
+        "fast-static": (lambda: static_cache(model, prompts, static_batch, device), samples, 1, static_batch, None,
+                        False),
+        # counted at the fast mode's batch, and as if it computed every prompt token
+        "fast-continuous": (lambda: continuous_batching(model, prompts), samples, 1,
+                            mean_batch(lengths, fast_batch, budget, 1), None, False),
     }
+    warm_ups = {"fast-static": lambda: static_cache(model, warm_prompts[:static_batch], static_batch, device),
+                "fast-continuous": lambda: continuous_batching(model, warm_prompts)}
     mean_prompt = sum(lengths) / len(lengths)
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else f"CPU ({os.cpu_count()} cores)",
               "date": datetime.date.today().isoformat(), "shape": "smoke" if args.smoke else "LLaMA-2-13B",
               "dtype": str(dtype).replace("torch.", ""), "params": params, "samples": samples,
-              "mean_prompt_tokens": round(mean_prompt, 1), "new_tokens": NEW_TOKENS, "batch_tokens": args.batch_tokens,
-              "hardware": hw, "modes": {}}
-    for name, (run, beams, batch, padded, reused) in modes.items():
-        seconds = timed(run, device)
-        rate = samples / seconds
+              "reference_samples": reference_samples, "mean_prompt_tokens": round(mean_prompt, 1),
+              "new_tokens": NEW_TOKENS, "batch_tokens": budget, "hardware": hw, "modes": {}}
+    print(f"{result['device']}, {result['shape']} ({params / 1e9:.2f}B parameters, {result['dtype']}), "
+          f"{samples} prompts of {mean_prompt:.0f} tokens on average, {NEW_TOKENS} new tokens each; "
+          f"token budget {budget}", flush=True)
+    print(f"hardware: {hw['matmul_tflops']} TFLOP/s matmul, {hw['copy_gb_s']} GB/s copy", flush=True)
+    print(f"{'mode':17} {'batch':>6} {'beams':>5} {'samples/s':>10} {'tokens/s':>10} {'limit':>9} {'of limit':>8} "
+          f"{'vs ref':>7}", flush=True)
+    for name in modes:
+        run, count, beams, batch, padded, reused = table[name]
+        entry = {"batch": round(float(batch), 1), "beams": beams, "samples": count}
+        try:
+            if name in warm_ups:
+                entry["warm_up_seconds"] = round(timed(warm_ups[name], device), 2)
+            seconds, extra = timed_with(run, device)
+        except Exception as exc:  # noqa: BLE001 - a candidate's failure is a finding
+            if name not in CANDIDATES:
+                raise
+            result["modes"][name] = {**entry, "error": f"{type(exc).__name__}: {exc}"[:500]}
+            print(f"{name:17} failed: {result['modes'][name]['error']}", flush=True)
+            _write(args.json, result)
+            continue
+        rate = count / seconds
         computed = mean_prompt - len(instruction) if reused else mean_prompt
         limit = limit_samples_per_s(params, weight_bytes, computed, beams, batch, hw, padded)
-        result["modes"][name] = {"batch": batch, "beams": beams, "seconds": round(seconds, 2),
-                                 "samples_per_s": round(rate, 2), "tokens_per_s": round(rate * NEW_TOKENS, 1),
-                                 "limit_samples_per_s": round(limit, 2), "fraction_of_limit": round(rate / limit, 3)}
-    reference = result["modes"]["reference"]["samples_per_s"]
-    for name in modes.keys() - {"reference"}:
-        result["modes"][name]["vs_reference"] = round(result["modes"][name]["samples_per_s"] / reference, 2)
+        entry.update(extra, seconds=round(seconds, 2), samples_per_s=round(rate, 2),
+                     tokens_per_s=round(rate * NEW_TOKENS, 1), limit_samples_per_s=round(limit, 2),
+                     fraction_of_limit=round(rate / limit, 3))
+        if "reference" in result["modes"] and "samples_per_s" in result["modes"]["reference"]:
+            entry["vs_reference"] = round(rate / result["modes"]["reference"]["samples_per_s"], 2)
+        result["modes"][name] = entry
+        print(f"{name:17} {entry['batch']:>6} {beams:>5} {entry['samples_per_s']:>10} {entry['tokens_per_s']:>10} "
+              f"{entry['limit_samples_per_s']:>9} {entry['fraction_of_limit']:>8} {entry.get('vs_reference', '-'):>7}",
+              flush=True)
+        _write(args.json, result)
+    if "fast-continuous" in modes:
+        model.destroy_cached_continuous_batching_manager()
     result["overhead_us_per_row"] = round(overhead_us_per_row(args.overhead_rows), 1)
-
-    print(f"{result['device']}, {result['shape']} ({params / 1e9:.2f}B parameters, {result['dtype']}), "
-          f"{samples} prompts of {mean_prompt:.0f} tokens on average, {NEW_TOKENS} new tokens each")
-    print(f"hardware: {hw['matmul_tflops']} TFLOP/s matmul, {hw['copy_gb_s']} GB/s copy")
-    print(f"{'mode':17} {'batch':>5} {'beams':>5} {'samples/s':>10} {'tokens/s':>10} {'limit':>9} {'of limit':>8} "
-          f"{'vs ref':>7}")
-    for name, m in result["modes"].items():
-        print(f"{name:17} {m['batch']:>5} {m['beams']:>5} {m['samples_per_s']:>10} {m['tokens_per_s']:>10} "
-              f"{m['limit_samples_per_s']:>9} {m['fraction_of_limit']:>8} {m.get('vs_reference', 1.0):>7}")
     print(f"everything but the model: {result['overhead_us_per_row']} us per row (target <= 200)")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    _write(args.json, result)
     return result
+
+
+def timed_with(run, device: str) -> tuple[float, dict]:
+    extra = {}
+    seconds = timed(lambda: extra.update(run() or {}), device)
+    return seconds, extra
+
+
+def _write(path: Path | None, result: dict) -> None:
+    if path:
+        path.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

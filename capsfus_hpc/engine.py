@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 from . import faults
+from .batching import batch_size_at, kv_bytes_per_token, tokens_that_fit
 from .prefix_cache import PrefixCache, shared_prefix
 from .prompt import PromptBuilder
 from .settings import RunSettings
@@ -45,17 +46,17 @@ def _dtype(name: str, on_gpu: bool) -> torch.dtype:
         raise ValueError(f"unknown dtype {name!r}: use auto, bf16, fp16 or fp32") from None
 
 
-def batch_size_at(sorted_lengths: list[int], begin: int, cap: int, budget: int | None, beams: int,
-                  new_tokens: int) -> int:
-    """How many prompts the batch starting at `begin` takes: up to `cap`, and with a token budget
-    only as many as fit, counting each at the batch's longest prompt (the last: lengths are
-    sorted) plus the new tokens, times the beams. Always at least one."""
-    size = min(cap, len(sorted_lengths) - begin)
-    if budget is None:
-        return size
-    while size > 1 and size * (sorted_lengths[begin + size - 1] + new_tokens) * beams > budget:
-        size -= 1
-    return size
+def _gpu_batch_tokens(model, given: int | None) -> int | None:
+    """The run's token budget, or without one what fits in the GPU's free memory after loading."""
+    free, _ = torch.cuda.mem_get_info(model.device)
+    fits = tokens_that_fit(free, kv_bytes_per_token(model.config, model.dtype.itemsize))
+    if given is None:
+        log.info("token budget: %d tokens of KV cache a batch (%.1f GiB free)", fits, free / 2**30)
+        return fits
+    if given > fits:
+        log.warning("--batch-tokens %d is more than the %d that fit in %.1f GiB free; out of memory, batches "
+                    "are halved", given, fits, free / 2**30)
+    return given
 
 
 class FusionEngine:
@@ -93,9 +94,9 @@ class FusionEngine:
         )
         model.eval()
         log.info("loaded %s on %s (%s)", settings.model, model.device, model.dtype)
+        batch_tokens = _gpu_batch_tokens(model, settings.batch_tokens) if on_gpu else settings.batch_tokens
         return cls(model, tokenizer, settings.num_beams, settings.max_new_tokens, settings.max_prompt_tokens,
-                   settings.batch_size, settings.batch_tokens,
-                   shared_prefix(tokenizer) if settings.prefix_cache else None)
+                   settings.batch_size, batch_tokens, shared_prefix(tokenizer) if settings.prefix_cache else None)
 
     def fuse(self, pairs: list[tuple[str, str]], before_batch: Callable[[float | None], None] | None = None) -> list[Fusion]:
         """Fused captions in input order; batches are formed from length-sorted prompts.

@@ -16,7 +16,7 @@ NumBeams = Annotated[Optional[int], typer.Option("--num-beams", help="Beams (def
 Greedy = Annotated[bool, typer.Option("--greedy", help="Greedy decoding (same as --num-beams 1).")]
 MaxNewTokens = Annotated[Optional[int], typer.Option(help="(default: 80)")]
 BatchSize = Annotated[Optional[int], typer.Option(help="Prompts per generate call (default: 16, or the profile's).")]
-BatchTokens = Annotated[Optional[int], typer.Option(help="Token budget of a generate call: as many length-sorted prompts as fit, prompts x (longest + max new tokens) x beams (default: off; --batch-size still caps).")]
+BatchTokens = Annotated[Optional[int], typer.Option(help="Token budget of a generate call: as many length-sorted prompts as fit, prompts x (longest + max new tokens) x beams (default: on a GPU, what fits in 80% of its memory free after loading; none on CPU; --batch-size still caps).")]
 PrefixCache = Annotated[Optional[bool], typer.Option("--prefix-cache/--no-prefix-cache", help="Compute the instruction's keys and values once per task and start every batch from them (default: on).")]
 ChunkRows = Annotated[Optional[int], typer.Option(help="Rows per committed part (default: 2048).")]
 WindowRows = Annotated[Optional[int], typer.Option(help="Rows sorted and batched together; an early stop commits whole windows (default: 256).")]

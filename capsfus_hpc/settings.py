@@ -40,7 +40,8 @@ class RunSettings:
     device_map: str | None = "auto"  # used on GPU only, through accelerate
     batch_size: int = DEFAULT_BATCH_SIZE
     # With it, a batch holds as many length-sorted prompts as fit: prompts x (longest prompt +
-    # max_new_tokens) x num_beams <= batch_tokens; batch_size still caps the count.
+    # max_new_tokens) x num_beams <= batch_tokens; batch_size still caps the count. None: on a
+    # GPU, what fits in its free memory (batching.py), on CPU no budget.
     batch_tokens: int | None = None
     prefix_cache: bool = True  # compute the instruction's keys and values once per task (prefix_cache.py)
     chunk_rows: int = DEFAULT_CHUNK_ROWS

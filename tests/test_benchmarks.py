@@ -23,7 +23,15 @@ def test_gpu_throughput_benchmark_runs_on_cpu_with_the_smoke_shape(tmp_path):
     subprocess.run([sys.executable, str(BENCHMARKS / "gpu_throughput.py"), "--smoke", "--samples", "8",
                     "--overhead-rows", "256", "--json", str(out)], check=True, capture_output=True)
     result = json.loads(out.read_text())
-    assert set(result["modes"]) == {"reference", "faithful", "fast", "faithful-noprefix", "fast-noprefix"}
-    for mode in result["modes"].values():
+    assert list(result["modes"]) == ["reference", "faithful", "fast", "faithful-noprefix", "fast-noprefix",
+                                     "fast-static", "fast-continuous"]
+    for name, mode in result["modes"].items():
+        assert "error" not in mode, (name, mode.get("error"))
         assert mode["samples_per_s"] > 0 and 0 < mode["fraction_of_limit"]
     assert result["overhead_us_per_row"] > 0 and result["hardware"]["matmul_tflops"] > 0
+
+
+def test_gpu_throughput_benchmark_names_an_unknown_mode():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_throughput.py"), "--smoke", "--modes", "fast,fastest"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "unknown modes fastest" in done.stderr

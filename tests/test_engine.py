@@ -1,6 +1,6 @@
 import pytest
 
-from capsfus_hpc.engine import EOS, LENGTH, FusionEngine, batch_size_at
+from capsfus_hpc.engine import EOS, LENGTH, FusionEngine
 from capsfus_hpc.settings import RunSettings
 
 
@@ -48,16 +48,6 @@ def test_a_tokenizer_without_pad_token_pads_with_eos(smoke_model, pairs):
     fallback = FusionEngine(engine.model, engine.tokenizer, 1, 8, 256, 4)
     assert fallback.pad_id == engine.tokenizer.eos_token_id
     assert len(fallback.fuse(pairs[:6])) == 6
-
-
-def test_batches_by_token_budget_take_more_short_prompts_than_long_ones():
-    lengths = [50] * 6 + [200] * 6
-    assert batch_size_at(lengths, 0, cap=64, budget=900, beams=1, new_tokens=50) == 6  # 6 x 100 fits; a 7th is long
-    assert batch_size_at(lengths, 6, cap=64, budget=900, beams=1, new_tokens=50) == 3  # 3 x 250
-    assert batch_size_at(lengths, 4, cap=64, budget=900, beams=1, new_tokens=50) == 3  # counted at its longest
-    assert batch_size_at(lengths, 0, cap=3, budget=900, beams=1, new_tokens=50) == 3  # the count still caps
-    assert batch_size_at(lengths, 6, cap=64, budget=100, beams=3, new_tokens=50) == 1  # never empty
-    assert batch_size_at(lengths, 0, cap=5, budget=None, beams=3, new_tokens=50) == 5
 
 
 def test_the_engine_batches_by_its_token_budget(smoke_model, pairs):
