@@ -15,8 +15,10 @@ matters with real weights.
   (b) faithful:  our engine (length-sorted batches, no fixed padding, the instruction's KV cache
       computed once), num_beams=3
   (c) fast:      our engine, greedy
-and, to show what the instruction's KV cache buys, faithful and fast without it. Every prompt
-starts with the same instruction tokens, as real ones do. Two candidates for the fast mode that
+and, to show what the instruction's KV cache buys, faithful and fast without it; to show what
+allocating each batch's KV cache once buys (capsfus_hpc/kv_cache.py), faithful and fast on
+transformers' DynamicCache (-dynamic). Every prompt starts with the same instruction tokens, as
+real ones do. Two candidates for the fast mode that
 the engine does not use, to decide whether it should:
   fast-continuous: transformers' continuous batching (paged attention, pages of 32 tokens so the
       instruction's pages are shared, CUDA graphs on a GPU), greedy
@@ -137,9 +139,10 @@ def reference_recipe(model, prompts: list[list[int]], device: str) -> None:
 
 
 def engine_mode(model, prompts: list[list[int]], beams: int, batch_size: int, batch_tokens: int | None,
-                prefix: list[int] | None) -> dict:
+                prefix: list[int] | None, preallocate: bool = True) -> dict:
     engine = FusionEngine(model, _Ids(), beams, NEW_TOKENS, MAX_PROMPT_TOKENS, batch_size, batch_tokens, prefix)
     engine.min_new_tokens = NEW_TOKENS
+    engine.preallocate = preallocate
     engine.fuse_encoded(prompts)
     return {"batch_size_after_oom": engine.batch_size} if engine.batch_size != batch_size else {}
 
@@ -245,7 +248,7 @@ def overhead_us_per_row(rows: int) -> float:
         return (time.perf_counter() - began) / rows * 1e6
 
 
-ENGINE_MODES = ("reference", "faithful", "fast", "faithful-noprefix", "fast-noprefix")
+ENGINE_MODES = ("reference", "faithful", "fast", "faithful-noprefix", "fast-noprefix", "faithful-dynamic", "fast-dynamic")
 CANDIDATES = ("fast-static", "fast-continuous")  # a failure is recorded, not raised: they are not ours
 
 
@@ -302,6 +305,10 @@ def main(argv: list[str] | None = None) -> dict:
                               mean_batch(lengths, faithful_batch, budget, 3), None, False),
         "fast-noprefix": (lambda: engine_mode(model, prompts, 1, fast_batch, budget, None), samples, 1,
                           mean_batch(lengths, fast_batch, budget, 1), None, False),
+        "faithful-dynamic": (lambda: engine_mode(model, prompts, 3, faithful_batch, budget, instruction, False),
+                             samples, 3, mean_batch(lengths, faithful_batch, budget, 3), None, True),
+        "fast-dynamic": (lambda: engine_mode(model, prompts, 1, fast_batch, budget, instruction, False), samples, 1,
+                         mean_batch(lengths, fast_batch, budget, 1), None, True),
         "fast-static": (lambda: static_cache(model, prompts, static_batch, device), samples, 1, static_batch, None,
                         False),
         # counted at the fast mode's batch, and as if it computed every prompt token

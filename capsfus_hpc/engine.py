@@ -18,6 +18,7 @@ from transformers.utils import logging as transformers_logging
 
 from . import faults
 from .batching import batch_size_at, kv_bytes_per_token, tokens_that_fit
+from .kv_cache import PreallocatedCache
 from .prefix_cache import PrefixCache, shared_prefix
 from .prompt import PromptBuilder
 from .settings import RunSettings
@@ -49,7 +50,7 @@ def _dtype(name: str, on_gpu: bool) -> torch.dtype:
 def _gpu_batch_tokens(model, given: int | None) -> int | None:
     """The run's token budget, or without one what fits in the GPU's free memory after loading."""
     free, _ = torch.cuda.mem_get_info(model.device)
-    fits = tokens_that_fit(free, kv_bytes_per_token(model.config, model.dtype.itemsize))
+    fits = tokens_that_fit(free, kv_bytes_per_token(model.config.get_text_config(), model.dtype.itemsize))
     if given is None:
         log.info("token budget: %d tokens of KV cache a batch (%.1f GiB free)", fits, free / 2**30)
         return fits
@@ -75,6 +76,7 @@ class FusionEngine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         # The instruction's keys and values, computed once (prefix_cache.py); None: every batch computes them.
         self.prefix = PrefixCache(model, prefix_ids) if prefix_ids else None
+        self.preallocate = True  # each batch's KV cache allocated once (kv_cache.py); off: transformers' DynamicCache
 
     @classmethod
     def load(cls, settings: RunSettings) -> "FusionEngine":
@@ -151,10 +153,17 @@ class FusionEngine:
             attention_mask[row, :head] = 1
             attention_mask[row, width - len(ids) + head :] = 1
         device = self.model.device
+        rows, capacity = len(prompts) * self.num_beams, width + self.max_new_tokens
+        if prefix:
+            cache = prefix.for_rows(rows, capacity if self.preallocate else None)
+        elif self.preallocate:
+            cache = PreallocatedCache(self.model.config.get_text_config().num_hidden_layers, capacity)
+        else:
+            cache = None
         output = self.model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
-            past_key_values=prefix.for_rows(len(prompts) * self.num_beams) if prefix else None,
+            past_key_values=cache,
             num_beams=self.num_beams,
             max_new_tokens=self.max_new_tokens,
             min_new_tokens=self.min_new_tokens or None,

@@ -22,6 +22,7 @@ import copy
 
 import torch
 
+from .kv_cache import PreallocatedCache
 from .prompt import render
 
 # Captions that start differently (letters, digits, punctuation, space, non-ASCII, nothing):
@@ -53,11 +54,14 @@ class PrefixCache:
         return n > 0 and all(len(ids) > n and ids[:n] == self.ids for ids in prompts)
 
     @torch.inference_mode()
-    def for_rows(self, rows: int):
-        """A cache holding the prefix for `rows` rows (prompts x beams), for generate to extend."""
+    def for_rows(self, rows: int, capacity: int | None = None):
+        """A cache holding the prefix for `rows` rows (prompts x beams), for generate to extend:
+        allocated for `capacity` tokens (kv_cache.py), or without one a DynamicCache."""
         if self._cache is None:
             prefix = torch.tensor([self.ids], dtype=torch.long, device=self.model.device)
             self._cache = self.model(input_ids=prefix, use_cache=True).past_key_values
+        if capacity is not None:
+            return PreallocatedCache(len(self._cache.layers), capacity).start_from(self._cache, rows)
         cache = copy.deepcopy(self._cache)
         cache.batch_repeat_interleave(rows)
         return cache

@@ -24,7 +24,7 @@ def test_gpu_throughput_benchmark_runs_on_cpu_with_the_smoke_shape(tmp_path):
                     "--overhead-rows", "256", "--json", str(out)], check=True, capture_output=True)
     result = json.loads(out.read_text())
     assert list(result["modes"]) == ["reference", "faithful", "fast", "faithful-noprefix", "fast-noprefix",
-                                     "fast-static", "fast-continuous"]
+                                     "faithful-dynamic", "fast-dynamic", "fast-static", "fast-continuous"]
     for name, mode in result["modes"].items():
         assert "error" not in mode, (name, mode.get("error"))
         assert mode["samples_per_s"] > 0 and 0 < mode["fraction_of_limit"]

@@ -34,7 +34,7 @@ def test_generation_from_the_prefix_cache_equals_generation_without_it(smoke_mod
     plain = _engine(smoke_model, num_beams=beams, max_new_tokens=24, batch_size=8, prefix_cache=False)
     assert plain.prefix is None and cached.prefix is not None
     rows, for_rows = [], cached.prefix.for_rows
-    cached.prefix.for_rows = lambda n: (rows.append(n), for_rows(n))[1]
+    cached.prefix.for_rows = lambda n, capacity=None: (rows.append(n), for_rows(n, capacity))[1]
     assert cached.fuse(pairs) == plain.fuse(pairs)
     assert rows == [8 * beams] * 3  # every batch started from the cache, repeated to prompts x beams
 
