@@ -13,7 +13,7 @@ import pytest
 from capsfus_hpc.columns import ColumnMapping
 from capsfus_hpc.manifest import build_manifest
 from capsfus_hpc.paths import RunPaths
-from capsfus_hpc.settings import open_or_create, requested_settings
+from capsfus_hpc.settings import RunSettings, open_or_create, requested_settings
 from capsfus_hpc.smoke import build_smoke_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +27,20 @@ def real_records() -> list[dict]:
     """The 5,000 real records of the CapsFusion release; a missing ../shared is an error, not a skip."""
     assert EXAMPLES_5K.exists(), f"{EXAMPLES_5K} is missing: tests read the shared data set beside the repo"
     return json.loads(EXAMPLES_5K.read_text())
+
+
+@pytest.fixture(scope="session")
+def pairs(real_records) -> list[tuple[str, str]]:
+    """24 real (raw, synthetic) caption pairs."""
+    return [(r["laion_2b"], r["laion_coco"]) for r in real_records[:24]]
+
+
+def load_engine(model: Path, **overrides):
+    """The engine as a worker loads it, from settings with these overrides."""
+    from capsfus_hpc.engine import FusionEngine
+
+    return FusionEngine.load(RunSettings(manifest="m.json", manifest_sha256="-", model=str(model), model_revision=None,
+                                         prompt_template_sha256="-", columns={}, **overrides))
 
 
 @pytest.fixture(scope="session")

@@ -1,21 +1,12 @@
 import pytest
 
 from capsfus_hpc.engine import EOS, LENGTH, FusionEngine
-from capsfus_hpc.settings import RunSettings
 
-
-def _settings(model, **overrides):
-    return RunSettings(manifest="m.json", manifest_sha256="-", model=str(model), model_revision=None,
-                       prompt_template_sha256="-", columns={}, **overrides)
-
-
-@pytest.fixture(scope="module")
-def pairs(real_records):
-    return [(r["laion_2b"], r["laion_coco"]) for r in real_records[:24]]
+from .conftest import load_engine
 
 
 def test_smoke_model_loads_through_from_pretrained_and_fuses_in_input_order(smoke_model, pairs):
-    engine = FusionEngine.load(_settings(smoke_model, batch_size=5, max_new_tokens=20))
+    engine = load_engine(smoke_model, batch_size=5, max_new_tokens=20)
     fusions = engine.fuse(pairs)
     assert len(fusions) == len(pairs)
     prompt_lengths = [len(ids) for ids in engine.prompts.encode(pairs)]
@@ -31,19 +22,19 @@ def test_smoke_model_loads_through_from_pretrained_and_fuses_in_input_order(smok
 
 
 def test_generation_is_deterministic(smoke_model, pairs):
-    engine = FusionEngine.load(_settings(smoke_model, batch_size=8, max_new_tokens=16))
+    engine = load_engine(smoke_model, batch_size=8, max_new_tokens=16)
     assert engine.fuse(pairs) == engine.fuse(pairs)
 
 
 def test_reference_defaults_and_cpu_dtype(smoke_model):
-    engine = FusionEngine.load(_settings(smoke_model))
+    engine = load_engine(smoke_model)
     assert (engine.num_beams, engine.max_new_tokens, engine.prompts.max_tokens) == (3, 80, 256)
     assert str(engine.model.dtype) == "torch.float32"
     assert engine.tokenizer.padding_side == "left"
 
 
 def test_a_tokenizer_without_pad_token_pads_with_eos(smoke_model, pairs):
-    engine = FusionEngine.load(_settings(smoke_model, num_beams=1, max_new_tokens=8))
+    engine = load_engine(smoke_model, num_beams=1, max_new_tokens=8)
     engine.tokenizer.pad_token = None
     fallback = FusionEngine(engine.model, engine.tokenizer, 1, 8, 256, 4)
     assert fallback.pad_id == engine.tokenizer.eos_token_id
@@ -51,8 +42,8 @@ def test_a_tokenizer_without_pad_token_pads_with_eos(smoke_model, pairs):
 
 
 def test_the_engine_batches_by_its_token_budget(smoke_model, pairs):
-    engine = FusionEngine.load(_settings(smoke_model, num_beams=1, max_new_tokens=8, batch_size=64,
-                                         batch_tokens=1_500))
+    engine = load_engine(smoke_model, num_beams=1, max_new_tokens=8, batch_size=64,
+                                         batch_tokens=1_500)
     sizes, generate = [], engine._generate
     engine._generate = lambda prompts: (sizes.append((len(prompts), max(map(len, prompts)))), generate(prompts))[1]
     assert len(engine.fuse(pairs)) == len(pairs)

@@ -4,27 +4,17 @@ import pytest
 import torch
 from transformers.cache_utils import DynamicCache
 
-from capsfus_hpc.engine import FusionEngine
 from capsfus_hpc.kv_cache import PreallocatedCache
-from capsfus_hpc.settings import RunSettings
 
-
-def _engine(model, **overrides):
-    return FusionEngine.load(RunSettings(manifest="m.json", manifest_sha256="-", model=str(model), model_revision=None,
-                                         prompt_template_sha256="-", columns={}, **overrides))
-
-
-@pytest.fixture(scope="module")
-def pairs(real_records):
-    return [(r["laion_2b"], r["laion_coco"]) for r in real_records[:20]]
+from .conftest import load_engine
 
 
 @pytest.mark.parametrize("beams", [1, 3])
 @pytest.mark.parametrize("prefix_cache", [True, False])
 def test_generation_from_the_preallocated_cache_equals_generation_from_a_dynamic_one(smoke_model, pairs, beams,
                                                                                      prefix_cache):
-    allocated = _engine(smoke_model, num_beams=beams, max_new_tokens=24, batch_size=8, prefix_cache=prefix_cache)
-    dynamic = _engine(smoke_model, num_beams=beams, max_new_tokens=24, batch_size=8, prefix_cache=prefix_cache)
+    allocated = load_engine(smoke_model, num_beams=beams, max_new_tokens=24, batch_size=8, prefix_cache=prefix_cache)
+    dynamic = load_engine(smoke_model, num_beams=beams, max_new_tokens=24, batch_size=8, prefix_cache=prefix_cache)
     dynamic.preallocate = False
     caches, generate = [], allocated.model.generate
     allocated.model.generate = lambda **kwargs: (caches.append(kwargs["past_key_values"]), generate(**kwargs))[1]

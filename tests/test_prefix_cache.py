@@ -2,24 +2,14 @@
 
 import pytest
 
-from capsfus_hpc.engine import FusionEngine
 from capsfus_hpc.prefix_cache import PrefixCache, shared_prefix
 from capsfus_hpc.prompt import PromptBuilder, template
-from capsfus_hpc.settings import RunSettings
 
-
-def _engine(model, **overrides):
-    return FusionEngine.load(RunSettings(manifest="m.json", manifest_sha256="-", model=str(model), model_revision=None,
-                                         prompt_template_sha256="-", columns={}, **overrides))
-
-
-@pytest.fixture(scope="module")
-def pairs(real_records):
-    return [(r["laion_2b"], r["laion_coco"]) for r in real_records[:24]]
+from .conftest import load_engine
 
 
 def test_every_real_prompt_starts_with_the_shared_prefix_and_it_is_most_of_the_instruction(smoke_model, real_records):
-    engine = _engine(smoke_model)
+    engine = load_engine(smoke_model)
     prefix = shared_prefix(engine.tokenizer)
     instruction = engine.tokenizer(template().split("Sentence 1: {")[0]).input_ids
     assert len(prefix) >= len(instruction) - 1
@@ -30,8 +20,8 @@ def test_every_real_prompt_starts_with_the_shared_prefix_and_it_is_most_of_the_i
 
 @pytest.mark.parametrize("beams", [1, 3])
 def test_generation_from_the_prefix_cache_equals_generation_without_it(smoke_model, pairs, beams):
-    cached = _engine(smoke_model, num_beams=beams, max_new_tokens=24, batch_size=8)
-    plain = _engine(smoke_model, num_beams=beams, max_new_tokens=24, batch_size=8, prefix_cache=False)
+    cached = load_engine(smoke_model, num_beams=beams, max_new_tokens=24, batch_size=8)
+    plain = load_engine(smoke_model, num_beams=beams, max_new_tokens=24, batch_size=8, prefix_cache=False)
     assert plain.prefix is None and cached.prefix is not None
     rows, for_rows = [], cached.prefix.for_rows
     cached.prefix.for_rows = lambda n, capacity=None: (rows.append(n), for_rows(n, capacity))[1]
@@ -40,10 +30,10 @@ def test_generation_from_the_prefix_cache_equals_generation_without_it(smoke_mod
 
 
 def test_a_batch_with_a_prompt_outside_the_prefix_takes_the_plain_path(smoke_model, pairs):
-    cached = _engine(smoke_model, num_beams=1, max_new_tokens=12, batch_size=4)
+    cached = load_engine(smoke_model, num_beams=1, max_new_tokens=12, batch_size=4)
     prompts = cached.prompts.encode(pairs[:4])
     odd = [cached.tokenizer.bos_token_id] + prompts[0][2:]  # the instruction's first word missing
     assert not cached.prefix.covers(prompts[1:] + [odd])
     assert not cached.prefix.covers([cached.prefix.ids])  # nothing after the prefix: nothing to start from
-    plain = _engine(smoke_model, num_beams=1, max_new_tokens=12, batch_size=4, prefix_cache=False)
+    plain = load_engine(smoke_model, num_beams=1, max_new_tokens=12, batch_size=4, prefix_cache=False)
     assert cached.fuse_encoded(prompts[1:] + [odd]) == plain.fuse_encoded(prompts[1:] + [odd])
