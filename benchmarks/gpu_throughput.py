@@ -36,6 +36,8 @@ The limit: each mode's FLOPs at the GPU's measured bf16 matmul TFLOP/s, or its w
     python benchmarks/gpu_throughput.py --json results.json          # on a GPU
     python benchmarks/gpu_throughput.py --smoke --json results.json  # on CPU, the smoke model's shape (CI)
     python benchmarks/gpu_throughput.py --modes fast,fast-static --json results.json
+    python benchmarks/gpu_throughput.py --shape mid --samples 64 --faithful-batch 16 --fast-batch 64 \
+        --modes faithful,faithful-dynamic,fast,fast-dynamic                  # KV-cache copies, on CPU
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ EXAMPLES = Path(os.environ.get("CAPSFUS_SHARED", Path(__file__).resolve().parent
     "capsfusion_example_5k.json"
 SHAPE_13B = dict(num_hidden_layers=40, hidden_size=5120, num_attention_heads=40, num_key_value_heads=40,
                  intermediate_size=13824, vocab_size=32001)
+# A CPU can measure what does not depend on a GPU's speed, such as copies of the KV cache, at this size.
+SHAPE_MID = dict(num_hidden_layers=8, hidden_size=1024, num_attention_heads=16, num_key_value_heads=16,
+                 intermediate_size=2816, vocab_size=4096)
 SHAPE_SMOKE = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=4,
                    intermediate_size=176, vocab_size=1024)
 INSTRUCTION_TOKENS = 100
@@ -194,15 +199,15 @@ def timed(run, device: str) -> float:
     return time.perf_counter() - began
 
 
-def hardware(device: str, dtype: torch.dtype, smoke: bool) -> dict:
+def hardware(device: str, dtype: torch.dtype, small: bool) -> dict:
     """Measured matmul TFLOP/s in the model's dtype and copy bandwidth in GB/s."""
-    n = 1024 if smoke else 8192
+    n = 1024 if small else 8192
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     a @ b
-    repeats = 3 if smoke else 20
+    repeats = 3 if small else 20
     seconds = timed(lambda: [a @ b for _ in range(repeats)], device) / repeats
     tflops = 2 * n ** 3 / seconds / 1e12
-    block = torch.empty((64 if smoke else 1024) * 2**20, dtype=torch.uint8, device=device)
+    block = torch.empty((64 if small else 1024) * 2**20, dtype=torch.uint8, device=device)
     block.clone()
     seconds = timed(lambda: [block.clone() for _ in range(repeats)], device) / repeats
     return {"matmul_tflops": round(tflops, 2), "copy_gb_s": round(2 * block.numel() / seconds / 1e9, 1)}
@@ -255,6 +260,8 @@ CANDIDATES = ("fast-static", "fast-continuous")  # a failure is recorded, not ra
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="the smoke model's shape on CPU, small sizes")
+    parser.add_argument("--shape", choices=("13b", "mid"), default="13b",
+                        help="without --smoke: LLaMA-2-13B, or 8 layers of hidden 1024 for a CPU (default: 13b)")
     parser.add_argument("--modes", default=",".join(ENGINE_MODES + CANDIDATES),
                         help="comma-separated, measured in this order (default: all)")
     parser.add_argument("--samples", type=int, help="prompts per mode (default: 512 on GPU, 24 with --smoke)")
@@ -273,7 +280,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"unknown modes {', '.join(sorted(unknown))} (known: {', '.join(ENGINE_MODES + CANDIDATES)})")
     device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    shape = SHAPE_SMOKE if args.smoke else SHAPE_13B
+    shape_name = "smoke" if args.smoke else {"13b": "LLaMA-2-13B", "mid": "mid"}[args.shape]
+    shape = {"smoke": SHAPE_SMOKE, "LLaMA-2-13B": SHAPE_13B, "mid": SHAPE_MID}[shape_name]
     samples = args.samples or (24 if args.smoke else 512)
     reference_samples = args.reference_samples or (samples if args.smoke else 128)
     faithful_batch = args.faithful_batch or (8 if args.smoke else 256)
@@ -286,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_model(shape, device, dtype)
     params = sum(p.numel() for p in model.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    hw = hardware(device, dtype, args.smoke)
+    hw = hardware(device, dtype, small=device == "cpu")
     budget = args.batch_tokens
     if budget is None and device == "cuda":
         torch.cuda.empty_cache()
@@ -319,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "fast-continuous": lambda: continuous_batching(model, warm_prompts)}
     mean_prompt = sum(lengths) / len(lengths)
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else f"CPU ({os.cpu_count()} cores)",
-              "date": datetime.date.today().isoformat(), "shape": "smoke" if args.smoke else "LLaMA-2-13B",
+              "date": datetime.date.today().isoformat(), "shape": shape_name,
               "dtype": str(dtype).replace("torch.", ""), "params": params, "samples": samples,
               "reference_samples": reference_samples, "mean_prompt_tokens": round(mean_prompt, 1),
               "new_tokens": NEW_TOKENS, "batch_tokens": budget, "hardware": hw, "modes": {}}
