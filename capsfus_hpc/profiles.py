@@ -13,7 +13,7 @@ from .errors import CapsfusError
 # A checkout keeps profiles in slurm/profiles/; CAPSFUS_PROFILE_DIR points elsewhere.
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "slurm" / "profiles"
 SLURM_KEYS = {"partition", "account", "qos", "time", "gpus", "cpus", "mem", "constraint"}
-GENERATION_KEYS = {"batch_size", "batch_tokens", "dtype"}
+GENERATION_KEYS = {"batch_size", "batch_tokens", "window_rows", "dtype"}
 
 
 @dataclass(frozen=True)

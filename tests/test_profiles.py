@@ -2,6 +2,7 @@ import pytest
 
 from capsfus_hpc.errors import CapsfusError
 from capsfus_hpc.profiles import load_profile, profile_names
+from capsfus_hpc.settings import DEFAULT_WINDOW_ROWS
 from capsfus_hpc.slurm import time_minutes
 
 
@@ -11,6 +12,7 @@ def test_the_four_gpu_profiles_load_with_sensible_settings():
         profile = load_profile(name)
         assert profile.slurm["gpus"] == 1 and time_minutes(profile.slurm["time"]) >= 60
         assert profile.generation["dtype"] == "bf16" and profile.generation["batch_size"] >= 8
+        assert profile.generation.get("window_rows", DEFAULT_WINDOW_ROWS) >= profile.generation["batch_size"]
     assert load_profile("A100-40G").generation["batch_size"] < load_profile("A100-80G").generation["batch_size"]
 
 
