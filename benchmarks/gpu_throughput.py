@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import random
@@ -56,7 +57,9 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+import transformers
 from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers.cache_utils import StaticCache
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
 from capsfus_hpc.batching import batch_size_at, kv_bytes_per_token, tokens_that_fit
@@ -161,20 +164,28 @@ def mean_batch(lengths: list[int], cap: int, budget: int | None, beams: int) -> 
     return len(ordered) / batches
 
 
-@torch.inference_mode()
-def static_cache(model, prompts: list[list[int]], batch: int, device: str) -> dict:
-    """Greedy generate on a static cache, longest prompts first, every batch `batch` rows (the last
-    padded with repeats) and the cache MAX_PROMPT_TOKENS + NEW_TOKENS long: one shape, so
-    torch.compile (on a GPU) compiles the decoding step once."""
-    ordered = sorted(prompts, key=len, reverse=True)
-    for begin in range(0, len(ordered), batch):
-        rows = ordered[begin:begin + batch]
-        rows += [rows[-1]] * (batch - len(rows))
-        input_ids, mask = _left_padded(rows, len(rows[0]), device)
-        model.generate(input_ids=input_ids, attention_mask=mask, cache_implementation="static",
-                       max_cache_len=MAX_PROMPT_TOKENS + NEW_TOKENS, max_new_tokens=NEW_TOKENS,
-                       min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=PAD, eos_token_id=EOS)
-    return {}
+class StaticCacheMode:
+    """Greedy generate on one static cache, reset between batches, longest prompts first, every
+    batch `batch` rows (the last padded with repeats), the cache MAX_PROMPT_TOKENS + NEW_TOKENS
+    long: one shape at one address, so on a GPU torch.compile compiles the decoding step and
+    records its CUDA graphs once (in the warm-up)."""
+
+    def __init__(self, model, batch: int, device: str):
+        self.model, self.batch, self.device = model, max(1, batch), device
+        self.cache = StaticCache(config=model.config, max_cache_len=MAX_PROMPT_TOKENS + NEW_TOKENS)
+
+    @torch.inference_mode()
+    def __call__(self, prompts: list[list[int]]) -> dict:
+        ordered = sorted(prompts, key=len, reverse=True)
+        for begin in range(0, len(ordered), self.batch):
+            rows = ordered[begin:begin + self.batch]
+            rows += [rows[-1]] * (self.batch - len(rows))
+            input_ids, mask = _left_padded(rows, len(rows[0]), self.device)
+            self.cache.reset()
+            self.model.generate(input_ids=input_ids, attention_mask=mask, past_key_values=self.cache,
+                                max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                                pad_token_id=PAD, eos_token_id=EOS)
+        return {}
 
 
 def continuous_batching(model, prompts: list[list[int]]) -> dict:
@@ -299,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
     if budget is None and device == "cuda":
         torch.cuda.empty_cache()
         budget = tokens_that_fit(torch.cuda.mem_get_info()[0], kv_bytes_per_token(model.config, dtype.itemsize))
-    static_batch = min(fast_batch, budget // (MAX_PROMPT_TOKENS + NEW_TOKENS)) if budget else fast_batch
+    static_batch = max(1, min(fast_batch, budget // (MAX_PROMPT_TOKENS + NEW_TOKENS))) if budget else fast_batch
     reference_recipe(model, warm_prompts[:4], device)
     # name: (run, prompts, beams, batch for the limit, padded to, the instruction's KV cache reused)
     table = {
@@ -317,20 +328,21 @@ def main(argv: list[str] | None = None) -> dict:
                              samples, 3, mean_batch(lengths, faithful_batch, budget, 3), None, True),
         "fast-dynamic": (lambda: engine_mode(model, prompts, 1, fast_batch, budget, instruction, False), samples, 1,
                          mean_batch(lengths, fast_batch, budget, 1), None, True),
-        "fast-static": (lambda: static_cache(model, prompts, static_batch, device), samples, 1, static_batch, None,
-                        False),
+        "fast-static": (lambda: static_mode(prompts), samples, 1, static_batch, None, False),
         # counted at the fast mode's batch, and as if it computed every prompt token
         "fast-continuous": (lambda: continuous_batching(model, prompts), samples, 1,
                             mean_batch(lengths, fast_batch, budget, 1), None, False),
     }
-    warm_ups = {"fast-static": lambda: static_cache(model, warm_prompts[:static_batch], static_batch, device),
+    static_mode = StaticCacheMode(model, static_batch, device)
+    warm_ups = {"fast-static": lambda: static_mode(warm_prompts[:static_batch]),
                 "fast-continuous": lambda: continuous_batching(model, warm_prompts)}
     mean_prompt = sum(lengths) / len(lengths)
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else f"CPU ({os.cpu_count()} cores)",
               "date": datetime.date.today().isoformat(), "shape": shape_name,
               "dtype": str(dtype).replace("torch.", ""), "params": params, "samples": samples,
               "reference_samples": reference_samples, "mean_prompt_tokens": round(mean_prompt, 1),
-              "new_tokens": NEW_TOKENS, "batch_tokens": budget, "hardware": hw, "modes": {}}
+              "new_tokens": NEW_TOKENS, "batch_tokens": budget, "hardware": hw,
+              "versions": {"torch": torch.__version__, "transformers": transformers.__version__}, "modes": {}}
     print(f"{result['device']}, {result['shape']} ({params / 1e9:.2f}B parameters, {result['dtype']}), "
           f"{samples} prompts of {mean_prompt:.0f} tokens on average, {NEW_TOKENS} new tokens each; "
           f"token budget {budget}", flush=True)
@@ -345,12 +357,14 @@ def main(argv: list[str] | None = None) -> dict:
                 entry["warm_up_seconds"] = round(timed(warm_ups[name], device), 2)
             seconds, extra = timed_with(run, device)
         except Exception as exc:  # noqa: BLE001 - a candidate's failure is a finding
+            _release(name, model, device)
             if name not in CANDIDATES:
                 raise
             result["modes"][name] = {**entry, "error": f"{type(exc).__name__}: {exc}"[:500]}
             print(f"{name:17} failed: {result['modes'][name]['error']}", flush=True)
             _write(args.json, result)
             continue
+        _release(name, model, device)
         rate = count / seconds
         computed = mean_prompt - len(instruction) if reused else mean_prompt
         limit = limit_samples_per_s(params, weight_bytes, computed, beams, batch, hw, padded)
@@ -364,8 +378,6 @@ def main(argv: list[str] | None = None) -> dict:
               f"{entry['limit_samples_per_s']:>9} {entry['fraction_of_limit']:>8} {entry.get('vs_reference', '-'):>7}",
               flush=True)
         _write(args.json, result)
-    if "fast-continuous" in modes:
-        model.destroy_cached_continuous_batching_manager()
     result["overhead_us_per_row"] = round(overhead_us_per_row(args.overhead_rows), 1)
     print(f"everything but the model: {result['overhead_us_per_row']} us per row (target <= 200)")
     _write(args.json, result)
@@ -376,6 +388,17 @@ def timed_with(run, device: str) -> tuple[float, dict]:
     extra = {}
     seconds = timed(lambda: extra.update(run() or {}), device)
     return seconds, extra
+
+
+def _release(mode: str, model, device: str) -> None:
+    """Give back what a mode holds, so the next one has the memory the budget was measured with."""
+    if mode == "fast-continuous":
+        model.destroy_cached_continuous_batching_manager()
+    if mode == "fast-static":
+        torch._dynamo.reset()
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _write(path: Path | None, result: dict) -> None:

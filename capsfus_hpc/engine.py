@@ -18,7 +18,7 @@ from transformers.utils import logging as transformers_logging
 
 from . import faults
 from .batching import batch_size_at, kv_bytes_per_token, tokens_that_fit
-from .kv_cache import PreallocatedCache
+from .kv_cache import PreallocatedCache, preallocatable
 from .prefix_cache import PrefixCache, shared_prefix
 from .prompt import PromptBuilder
 from .settings import RunSettings
@@ -76,7 +76,8 @@ class FusionEngine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         # The instruction's keys and values, computed once (prefix_cache.py); None: every batch computes them.
         self.prefix = PrefixCache(model, prefix_ids) if prefix_ids else None
-        self.preallocate = True  # each batch's KV cache allocated once (kv_cache.py); off: transformers' DynamicCache
+        # Each batch's KV cache allocated once (kv_cache.py); off: transformers' own cache.
+        self.preallocate = preallocatable(model)
 
     @classmethod
     def load(cls, settings: RunSettings) -> "FusionEngine":

@@ -7,13 +7,26 @@ or three times besides the one read attention needs. Here each layer's buffers a
 once and a step's token is written in place; a layer's keys and values are views of the filled
 part, so attention sees exactly what DynamicCache would give it. Beam search's reorder gathers
 the filled part into one spare buffer that all layers share and swaps it in: one copy a step,
-and greedy steps copy nothing.
+and greedy steps copy nothing. Only for models whose default cache is all plain layers
+(`preallocatable`); others keep transformers' own.
 """
 
 from __future__ import annotations
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+
+def preallocatable(model) -> bool:
+    """Whether every layer of the model's default cache is a plain DynamicLayer (no sliding
+    window, shared or linear-attention layers) and its generation config asks for no other cache."""
+    if getattr(model.generation_config, "cache_implementation", None) is not None:
+        return False
+    try:
+        layers = DynamicCache(config=model.config).layers
+    except Exception:  # noqa: BLE001 - a config transformers cannot lay out: keep its own cache
+        return False
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
 class PreallocatedLayer(DynamicLayer):
@@ -51,6 +64,11 @@ class PreallocatedLayer(DynamicLayer):
         self.filled(end)
         return self.keys, self.values
 
+    def _unsupported(self, *args, **kwargs):
+        raise NotImplementedError("the preallocated KV cache does not resize, select rows of or offload a batch")
+
+    batch_repeat_interleave = batch_select_indices = offload = prefetch = _unsupported
+
 
 class PreallocatedCache(DynamicCache):
     """A DynamicCache (generate treats it as one) whose layers never reallocate. Rows are
@@ -58,7 +76,7 @@ class PreallocatedCache(DynamicCache):
 
     def __init__(self, layers: int, capacity: int):
         Cache.__init__(self, layers=[PreallocatedLayer(capacity) for _ in range(layers)])
-        self._spare: torch.Tensor | None = None
+        self._spares: dict[tuple, torch.Tensor] = {}  # one per device, shape and dtype
 
     def start_from(self, prefix: DynamicCache, rows: int) -> "PreallocatedCache":
         """Every row starts with the keys and values of `prefix`, a one-row cache."""
@@ -83,10 +101,11 @@ class PreallocatedCache(DynamicCache):
 
     def _gathered(self, buffer: torch.Tensor, index: torch.Tensor, length: int) -> torch.Tensor:
         """The buffer's first `length` positions, rows picked by `index`, written into the spare
-        buffer; the old buffer becomes the spare."""
-        spare = self._spare
-        if spare is None or spare.shape != buffer.shape or spare.dtype != buffer.dtype or spare.device != buffer.device:
+        buffer of its kind; the old buffer becomes the spare."""
+        kind = (buffer.device, buffer.shape, buffer.dtype)
+        spare = self._spares.get(kind)
+        if spare is None:
             spare = torch.empty_like(buffer)
         torch.index_select(buffer[:, :, :length], 0, index, out=spare[:, :, :length])
-        self._spare = buffer
+        self._spares[kind] = buffer
         return spare

@@ -1,10 +1,13 @@
 """The preallocated KV cache: generation from it equals generation from transformers' DynamicCache."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
+from transformers import GenerationConfig, LlamaConfig, MistralConfig
 from transformers.cache_utils import DynamicCache
 
-from capsfus_hpc.kv_cache import PreallocatedCache
+from capsfus_hpc.kv_cache import PreallocatedCache, preallocatable
 
 from .conftest import load_engine
 
@@ -55,3 +58,20 @@ def test_a_prefix_starts_every_row_and_the_capacity_is_a_hard_limit():
     cache.update(*_random_layers(5, 1, layers=1)[0], 0)
     with pytest.raises(ValueError, match="allocated for 4 tokens; 5"):
         cache.update(*_random_layers(5, 2, layers=1)[0], 1)
+
+
+def test_only_models_whose_cache_is_all_plain_layers_get_it(smoke_model):
+    def model(config, **generation):
+        return SimpleNamespace(config=config, generation_config=GenerationConfig(**generation))
+
+    assert load_engine(smoke_model).preallocate
+    assert preallocatable(model(LlamaConfig(num_hidden_layers=2)))
+    assert not preallocatable(model(MistralConfig(num_hidden_layers=2, sliding_window=16)))  # sliding layers
+    assert not preallocatable(model(LlamaConfig(num_hidden_layers=2), cache_implementation="static"))
+
+
+def test_what_a_preallocated_layer_cannot_do_fails_loudly():
+    cache = PreallocatedCache(1, capacity=4)
+    cache.update(*_random_layers(2, 1, layers=1)[0], 0)
+    with pytest.raises(NotImplementedError):
+        cache.batch_repeat_interleave(3)
