@@ -6,7 +6,7 @@ GPU batch of a few hundred rows the cache is tens of GB, so a step moves it thro
 or three times besides the one read attention needs. Here each layer's buffers are allocated
 once and a step's token is written in place; a layer's keys and values are views of the filled
 part, so attention sees exactly what DynamicCache would give it. Beam search's reorder gathers
-the filled part into one spare buffer that all layers share and swaps it in: one copy a step,
+the filled part into a spare buffer that the layers share and swaps it in: one copy a step,
 and greedy steps copy nothing. Only for models whose default cache is all plain layers
 (`preallocatable`); others keep transformers' own.
 """
