@@ -62,7 +62,7 @@ from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForC
 from transformers.cache_utils import StaticCache
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
-from capsfus_hpc.batching import batch_size_at, kv_bytes_per_token, tokens_that_fit
+from capsfus_hpc.batching import batch_size_at, gpu_batch_tokens
 from capsfus_hpc.columns import ColumnMapping
 from capsfus_hpc.engine import EOS as FINISHED
 from capsfus_hpc.engine import FusionEngine
@@ -307,9 +307,9 @@ def main(argv: list[str] | None = None) -> dict:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     hw = hardware(device, dtype, small=device == "cpu")
     budget = args.batch_tokens
-    if budget is None and device == "cuda":
+    if device == "cuda":
         torch.cuda.empty_cache()
-        budget = tokens_that_fit(torch.cuda.mem_get_info()[0], kv_bytes_per_token(model.config, dtype.itemsize))
+        budget = gpu_batch_tokens(model, budget)  # as the engine sets it when a task loads the model
     static_batch = max(1, min(fast_batch, budget // (MAX_PROMPT_TOKENS + NEW_TOKENS))) if budget else fast_batch
     reference_recipe(model, warm_prompts[:4], device)
     # name: (run, prompts, beams, batch for the limit, padded to, the instruction's KV cache reused)

@@ -7,6 +7,12 @@ token budget caps that sum; on a GPU without one, the budget is what fits in fre
 
 from __future__ import annotations
 
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+
 # Of the memory free after loading, the share the KV cache may take; the rest is for the
 # activations, the beams' logits and the copies the cache makes as it grows and is reordered.
 KV_SHARE = 0.8
@@ -36,3 +42,16 @@ def kv_bytes_per_token(config, element_size: int) -> int:
 def tokens_that_fit(free_bytes: int, token_bytes: int) -> int:
     """A token budget for this much free memory, leaving room for everything but the cache."""
     return max(1, int(free_bytes * KV_SHARE) // token_bytes)
+
+
+def gpu_batch_tokens(model, given: int | None) -> int:
+    """The run's token budget, or without one what fits in the GPU's free memory now (after loading)."""
+    free, _ = torch.cuda.mem_get_info(model.device)
+    fits = tokens_that_fit(free, kv_bytes_per_token(model.config.get_text_config(), model.dtype.itemsize))
+    if given is None:
+        log.info("token budget: %d tokens of KV cache a batch (%.1f GiB free)", fits, free / 2**30)
+        return fits
+    if given > fits:
+        log.warning("--batch-tokens %d is more than the %d that fit in %.1f GiB free; out of memory, batches "
+                    "are halved", given, fits, free / 2**30)
+    return given

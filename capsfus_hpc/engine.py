@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 from . import faults
-from .batching import batch_size_at, kv_bytes_per_token, tokens_that_fit
+from .batching import batch_size_at, gpu_batch_tokens
 from .kv_cache import PreallocatedCache, preallocatable
 from .prefix_cache import PrefixCache, shared_prefix
 from .prompt import PromptBuilder
@@ -45,19 +45,6 @@ def _dtype(name: str, on_gpu: bool) -> torch.dtype:
                 "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}[name]
     except KeyError:
         raise ValueError(f"unknown dtype {name!r}: use auto, bf16, fp16 or fp32") from None
-
-
-def _gpu_batch_tokens(model, given: int | None) -> int | None:
-    """The run's token budget, or without one what fits in the GPU's free memory after loading."""
-    free, _ = torch.cuda.mem_get_info(model.device)
-    fits = tokens_that_fit(free, kv_bytes_per_token(model.config.get_text_config(), model.dtype.itemsize))
-    if given is None:
-        log.info("token budget: %d tokens of KV cache a batch (%.1f GiB free)", fits, free / 2**30)
-        return fits
-    if given > fits:
-        log.warning("--batch-tokens %d is more than the %d that fit in %.1f GiB free; out of memory, batches "
-                    "are halved", given, fits, free / 2**30)
-    return given
 
 
 class FusionEngine:
@@ -97,7 +84,7 @@ class FusionEngine:
         )
         model.eval()
         log.info("loaded %s on %s (%s)", settings.model, model.device, model.dtype)
-        batch_tokens = _gpu_batch_tokens(model, settings.batch_tokens) if on_gpu else settings.batch_tokens
+        batch_tokens = gpu_batch_tokens(model, settings.batch_tokens) if on_gpu else settings.batch_tokens
         return cls(model, tokenizer, settings.num_beams, settings.max_new_tokens, settings.max_prompt_tokens,
                    settings.batch_size, batch_tokens, shared_prefix(tokenizer) if settings.prefix_cache else None)
 
