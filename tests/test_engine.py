@@ -1,5 +1,3 @@
-import pytest
-
 from capsfus_hpc.engine import EOS, LENGTH, FusionEngine
 
 from .conftest import load_engine
