@@ -12,6 +12,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 from typing import TypeVar
 
 import numpy as np
@@ -92,6 +93,7 @@ def screened_rows(schema: pa.Schema, columns: ColumnMapping, rules: CaptionRules
     return read
 
 
+@cache  # once a process: the local reduce calls it early, assemble_task again (on SLURM, first)
 def load_screen() -> None:
     """Run the screen's compiled kernels once, on two rows, so that numba has loaded them (about
     a second, and the character tables) before the first batch arrives, not on each reader at
