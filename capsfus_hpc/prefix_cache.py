@@ -23,17 +23,12 @@ import copy
 import torch
 
 from .kv_cache import PreallocatedCache
-from .prompt import render
-
-# Captions that start differently (letters, digits, punctuation, space, non-ASCII, nothing):
-# what every prompt shares is what all of these share.
-_PROBES = (("A dog on a beach", "a dog"), ("2019 Ford F-150", "a red truck"), ("...", "!"), (" leading space", "x"),
-           ("Ünïcödé — text", "é"), ("", ""))
+from .prompt import PROBES, render
 
 
 def shared_prefix(tokenizer) -> list[int]:
     """Token ids every CapsFusion prompt starts with, under this tokenizer."""
-    encoded = [tokenizer(render(raw, synthetic)).input_ids for raw, synthetic in _PROBES]
+    encoded = [tokenizer(render(raw, synthetic)).input_ids for raw, synthetic in PROBES]
     length = 0
     while all(len(ids) > length for ids in encoded) and len({ids[length] for ids in encoded}) == 1:
         length += 1
