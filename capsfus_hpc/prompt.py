@@ -4,8 +4,10 @@ and truncation to the token budget."""
 from __future__ import annotations
 
 import hashlib
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
+
+from .tokens import Tokens
 
 TEMPLATE_FILE = "capsfusion_prompt.txt"
 
@@ -56,25 +58,14 @@ class PromptBuilder:
     """
 
     def __init__(self, tokenizer, max_tokens: int = 256):
-        self.tokenizer = tokenizer
         self.max_tokens = max_tokens
-        # A fast tokenizer's Rust backend, called directly: the same ids without the offsets and
-        # Python objects transformers builds around them (a third of the cost of a prompt). Only
-        # when the backend itself truncates and pads nothing, as transformers' call would ask.
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        usable = backend is not None and backend.truncation is None and backend.padding is None
-        self._backend = backend if usable and hasattr(backend, "encode_batch_fast") else None
-        self._instruction, self._anchor = self._split_tokens()
+        self.tokens = Tokens(tokenizer)
 
-    def ids(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
-        """Token ids of each text, as tokenizer(texts).input_ids gives them."""
-        if self._backend is None:
-            return self.tokenizer(texts, add_special_tokens=add_special_tokens).input_ids
-        return [e.ids for e in self._backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
-
-    def _split_tokens(self) -> tuple[list[int] | None, list[int] | None]:
-        """The instruction's ids and the anchor's where this tokenizer cuts prompts cleanly at the
-        end of the instruction; (None, None) where it does not, and prompts are tokenised whole.
+    @cached_property
+    def _cut(self) -> tuple[list[int], int] | None:
+        """The instruction's ids and the anchor's length in tokens, where this tokenizer cuts
+        prompts cleanly at the end of the instruction; None where it does not, and prompts are
+        tokenised whole.
 
         The instruction is about three quarters of every prompt and the same in each, so it is
         tokenised once, and each prompt only from the instruction's last line break on (the
@@ -88,29 +79,29 @@ class PromptBuilder:
         """
         parts = _instruction_and_rest()
         if parts is None:
-            return None, None
+            return None
         anchor = parts[0][-1:]
-        [anchor_ids] = self.ids([anchor], add_special_tokens=False)
-        whole = self.ids([render(*probe) for probe in PROBES])
-        rests = self.ids([anchor + _render_rest(*probe) for probe in PROBES], add_special_tokens=False)
+        [anchor_ids] = self.tokens.ids([anchor], add_special_tokens=False)
+        whole = self.tokens.ids([render(*probe) for probe in PROBES])
+        rests = self.tokens.ids([anchor + _render_rest(*probe) for probe in PROBES], add_special_tokens=False)
         instructions = []
         for ids, rest in zip(whole, rests):
             rest = rest[len(anchor_ids):] if rest[: len(anchor_ids)] == anchor_ids else None
             if rest is None or len(rest) > len(ids) or ids[len(ids) - len(rest):] != rest:
-                return None, None
+                return None
             instructions.append(ids[: len(ids) - len(rest)])
         if any(ids != instructions[0] for ids in instructions):
-            return None, None
-        return instructions[0], anchor_ids
+            return None
+        return instructions[0], len(anchor_ids)
 
     def prompt_ids(self, pairs: list[tuple[str, str]]) -> list[list[int]]:
-        """Token ids of each rendered prompt, as self.ids([render(...)]) gives them."""
-        if self._instruction is None:
-            return self.ids([render(raw, synthetic) for raw, synthetic in pairs])
+        """Token ids of each rendered prompt, as tokenizer([render(...)]).input_ids gives them."""
+        if self._cut is None:
+            return self.tokens.ids([render(raw, synthetic) for raw, synthetic in pairs])
+        instruction, anchor_tokens = self._cut
         anchor = _instruction_and_rest()[0][-1:]
-        rests = self.ids([anchor + _render_rest(raw, synthetic) for raw, synthetic in pairs], add_special_tokens=False)
-        n = len(self._anchor)
-        return [self._instruction + rest[n:] for rest in rests]
+        rests = self.tokens.ids([anchor + _render_rest(raw, synthetic) for raw, synthetic in pairs], add_special_tokens=False)
+        return [instruction + rest[anchor_tokens:] for rest in rests]
 
     def encode(self, pairs: list[tuple[str, str]]) -> list[list[int]]:
         encoded = self.prompt_ids(pairs)
@@ -124,12 +115,12 @@ class PromptBuilder:
     def _truncated(self, pairs: list[tuple[str, str]], totals: list[int]) -> list[list[int]]:
         """Each long prompt cut to fit, by the same steps one at a time would take, with one
         tokenizer call per step for all of them (a call per prompt cost more than the cutting)."""
-        raw_ids = self.ids([raw.strip() for raw, _ in pairs], add_special_tokens=False)
+        raw_ids = self.tokens.ids([raw.strip() for raw, _ in pairs], add_special_tokens=False)
         excess = [total - self.max_tokens for total in totals]
         cut: list[list[int] | None] = [None] * len(pairs)
         todo = list(range(len(pairs)))
         while todo:
-            kept = self.tokenizer.batch_decode([raw_ids[i][: max(len(raw_ids[i]) - excess[i], 0)] for i in todo])
+            kept = self.tokens.texts([raw_ids[i][: max(len(raw_ids[i]) - excess[i], 0)] for i in todo])
             encoded = self.prompt_ids([(text, pairs[i][1]) for text, i in zip(kept, todo)])
             again = []
             for i, ids in zip(todo, encoded):

@@ -13,6 +13,7 @@ import pytest
 from capsfus_hpc.columns import ColumnMapping
 from capsfus_hpc.manifest import build_manifest
 from capsfus_hpc.paths import RunPaths
+from capsfus_hpc.prompt import template
 from capsfus_hpc.settings import RunSettings, open_or_create, requested_settings
 from capsfus_hpc.smoke import build_smoke_model
 
@@ -46,6 +47,29 @@ def load_engine(model: Path, **overrides):
 @pytest.fixture(scope="session")
 def smoke_model(tmp_path_factory) -> Path:
     return build_smoke_model(tmp_path_factory.mktemp("smoke") / "model")
+
+
+@pytest.fixture(scope="session")
+def llama_style(real_records):
+    """transformers' LLaMA tokenizer (a space added at the start, the whole text one piece, bytes
+    for what the vocabulary lacks) over a vocabulary trained, as SentencePiece trains LLaMA's,
+    without tokens that span a space; line breaks are left to the byte tokens, as in LLaMA's."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaTokenizer
+
+    corpus = [r["laion_2b"] for r in real_records[:400]] + [r["laion_coco"] for r in real_records[:400]]
+    corpus += [template()] * 20
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=["<unk>", "<s>", "</s>"] + byte_tokens,
+                                  show_progress=False)
+    bpe.train_from_iterator([text.replace("\n", " ") for text in corpus], trainer)
+    model = json.loads(bpe.to_str())["model"]
+    tokenizer = LlamaTokenizer(vocab=model["vocab"], merges=[tuple(merge) for merge in model["merges"]])
+    # LLaMA-2's tokenizer.json starts every text with <s>.
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return tokenizer
 
 
 def write_parquet(path: Path, records: list[dict], row_group_rows: int = 1000) -> Path:

@@ -1,8 +1,6 @@
-import json
-
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, LlamaTokenizer
+from tokenizers import processors
+from transformers import AutoTokenizer
 
 from capsfus_hpc.prompt import PromptBuilder, render, template
 from capsfus_hpc.smoke import build_tokenizer
@@ -74,41 +72,6 @@ def test_a_prompt_is_cut_the_same_whatever_else_is_in_its_batch(tokenizer, real_
     assert all(len(ids) <= 160 for ids in together) and sum(len(ids) < 150 for ids in together) < len(pairs)
 
 
-def test_the_rust_backend_gives_the_ids_transformers_gives(smoke_model, real_records):
-    tokenizer = AutoTokenizer.from_pretrained(smoke_model)  # its own: the test changes its backend
-    texts = [render(r["laion_2b"], r["laion_coco"]) for r in real_records[:300]] + ["", " ", "ünï\ncode ✓"]
-    builder = PromptBuilder(tokenizer)
-    assert builder._backend is not None
-    assert builder.ids(texts) == tokenizer(texts).input_ids
-    assert builder.ids(texts, add_special_tokens=False) == tokenizer(texts, add_special_tokens=False).input_ids
-    tokenizer.backend_tokenizer.enable_truncation(8)  # a backend that would cut: transformers' call decides
-    assert PromptBuilder(tokenizer)._backend is None
-    assert PromptBuilder(tokenizer).ids(texts[:3]) == tokenizer(texts[:3]).input_ids
-
-
-def _llama_style_tokenizer(corpus: list[str]) -> LlamaTokenizer:
-    """transformers' LLaMA tokenizer (a space added at the start, the whole text one piece, bytes
-    for what the vocabulary lacks) over a vocabulary trained, as SentencePiece trains LLaMA's,
-    without tokens that span a space; line breaks are left to the byte tokens, as in LLaMA's."""
-    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
-    trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=["<unk>", "<s>", "</s>"] + byte_tokens,
-                                  show_progress=False)
-    bpe.train_from_iterator([text.replace("\n", " ") for text in corpus], trainer)
-    model = json.loads(bpe.to_str())["model"]
-    tokenizer = LlamaTokenizer(vocab=model["vocab"], merges=[tuple(merge) for merge in model["merges"]])
-    # LLaMA-2's tokenizer.json starts every text with <s>.
-    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return tokenizer
-
-
-@pytest.fixture(scope="module")
-def llama_style(real_records):
-    corpus = [r["laion_2b"] for r in real_records[:400]] + [r["laion_coco"] for r in real_records[:400]] + [template()] * 20
-    return _llama_style_tokenizer(corpus)
-
-
 def test_llama_style_tokenizer_is_what_llama_uses(llama_style):
     assert llama_style("a\nb", add_special_tokens=False).input_ids == llama_style.convert_tokens_to_ids(
         ["\u2581a", "<0x0A>", "b"])
@@ -120,7 +83,7 @@ def test_prompts_tokenised_from_the_instruction_on_equal_whole_prompts(which, to
     # The instruction's ids are computed once; every prompt must still get exactly the ids of its whole text.
     chosen = tokenizer if which == "smoke" else llama_style
     builder = PromptBuilder(chosen)
-    assert builder._instruction is not None and len(builder._instruction) > 50
+    assert builder._cut is not None and len(builder._cut[0]) > 50
     pairs = [(r["laion_2b"], r["laion_coco"]) for r in real_records]
     pairs += [("", ""), ("  \n", "\t"), ("Sentence 1: x\nSentence 2:", "New Sentence: y"), ("ünï ✓ 中文", "😀")]
     assert builder.prompt_ids(pairs) == chosen([render(*pair) for pair in pairs]).input_ids
@@ -132,6 +95,6 @@ def test_a_tokenizer_that_cannot_be_cut_there_tokenises_whole_prompts(real_recor
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
     builder = PromptBuilder(tokenizer)
-    assert builder._instruction is None
+    assert builder._cut is None
     pairs = [(r["laion_2b"], r["laion_coco"]) for r in real_records[:200]]
     assert builder.prompt_ids(pairs) == tokenizer([render(*pair) for pair in pairs]).input_ids
