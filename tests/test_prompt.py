@@ -1,5 +1,7 @@
+import copy
+
 import pytest
-from tokenizers import processors
+from tokenizers import normalizers, processors
 from transformers import AutoTokenizer
 
 from capsfus_hpc.prompt import PromptBuilder, render, template
@@ -78,10 +80,28 @@ def test_llama_style_tokenizer_is_what_llama_uses(llama_style):
     assert llama_style("a b").input_ids[0] == llama_style.bos_token_id
 
 
-@pytest.mark.parametrize("which", ["smoke", "llama"])
-def test_prompts_tokenised_from_the_instruction_on_equal_whole_prompts(which, tokenizer, llama_style, real_records):
+@pytest.fixture(scope="module")
+def llama_legacy(llama_style):
+    """As LLaMA-2's own tokenizer.json has it: a normalizer prepends the space and replaces
+    spaces, and nothing splits the text."""
+    tokenizer = copy.deepcopy(llama_style)
+    backend = tokenizer.backend_tokenizer
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    backend.pre_tokenizer = None
+    return tokenizer
+
+
+def test_the_legacy_llama_tokenizer_splits_nothing_and_gives_the_same_ids(llama_style, llama_legacy):
+    text = "Sentence 1: a dog\nSentence 2: two"
+    assert llama_legacy(text).input_ids == llama_style(text).input_ids
+    assert llama_legacy.backend_tokenizer.pre_tokenizer is None
+
+
+@pytest.mark.parametrize("which", ["smoke", "llama", "llama-legacy"])
+def test_prompts_tokenised_from_the_instruction_on_equal_whole_prompts(which, tokenizer, llama_style, llama_legacy,
+                                                                        real_records):
     # The instruction's ids are computed once; every prompt must still get exactly the ids of its whole text.
-    chosen = tokenizer if which == "smoke" else llama_style
+    chosen = {"smoke": tokenizer, "llama": llama_style, "llama-legacy": llama_legacy}[which]
     builder = PromptBuilder(chosen)
     assert builder._cut is not None and len(builder._cut[0]) > 50
     pairs = [(r["laion_2b"], r["laion_coco"]) for r in real_records]
