@@ -1,8 +1,8 @@
 import copy
 
 import pytest
-from tokenizers import normalizers, processors
-from transformers import AutoTokenizer
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from capsfus_hpc.prompt import PromptBuilder, render, template
 from capsfus_hpc.smoke import build_tokenizer
@@ -117,4 +117,23 @@ def test_a_tokenizer_that_cannot_be_cut_there_tokenises_whole_prompts(real_recor
     builder = PromptBuilder(tokenizer)
     assert builder._cut is None
     pairs = [(r["laion_2b"], r["laion_coco"]) for r in real_records[:200]]
+    assert builder.prompt_ids(pairs) == tokenizer([render(*pair) for pair in pairs]).input_ids
+
+
+def test_a_tokenizer_with_tokens_across_the_cut_tokenises_whole_prompts(real_records):
+    # A byte-level BPE that does not split at spaces, trained on the template, learns tokens that
+    # run from the instruction's line breaks into "Sentence 1: {laion_": the probes pass, yet a
+    # raw caption spelled "{laion_2b}" is tokenised differently across the cut.
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator([r["laion_2b"] for r in real_records[:400]] + [r["laion_coco"] for r in real_records[:400]]
+                            + [template()] * 20,
+                            trainers.BpeTrainer(vocab_size=2000, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    builder = PromptBuilder(tokenizer)
+    assert builder._cut is None
+    pairs = [("{laion_2b}", "</s>")] + [(r["laion_2b"], r["laion_coco"]) for r in real_records[:300]]
     assert builder.prompt_ids(pairs) == tokenizer([render(*pair) for pair in pairs]).input_ids

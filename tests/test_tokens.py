@@ -1,5 +1,5 @@
 import pytest
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from capsfus_hpc.prompt import render
 from capsfus_hpc.tokens import Tokens
@@ -18,7 +18,7 @@ def _texts(real_records) -> list[str]:
 def test_ids_are_the_ids_transformers_gives(which, smoke_tokenizer, llama_style, real_records):
     tokenizer = smoke_tokenizer if which == "smoke" else llama_style
     tokens, texts = Tokens(tokenizer), _texts(real_records)
-    assert tokens._encoder is not None
+    assert tokens._encoder() is not None
     assert tokens.ids(texts) == tokenizer(texts).input_ids
     assert tokens.ids(texts, add_special_tokens=False) == tokenizer(texts, add_special_tokens=False).input_ids
 
@@ -35,12 +35,34 @@ def test_texts_are_the_texts_transformers_gives(which, smoke_tokenizer, llama_st
     assert tokens.texts([]) == []
 
 
-def test_a_backend_that_would_cut_or_clean_up_is_left_to_transformers(smoke_tokenizer, real_records):
-    texts = _texts(real_records)[:3]
-    smoke_tokenizer.backend_tokenizer.enable_truncation(8)
+@pytest.mark.parametrize("call", [dict(padding=True), dict(truncation=True, max_length=3), dict(split_special_tokens=True)])
+def test_settings_a_transformers_call_leaves_in_the_backend_do_not_leak(call, smoke_tokenizer):
+    # transformers sets padding, truncation and the splitting of special tokens on the backend
+    # at each call and leaves them there.
+    texts = ["a b c", "a much longer text here </s>"]
+    expected = smoke_tokenizer(texts).input_ids
+    tokens = Tokens(smoke_tokenizer)
+    smoke_tokenizer(texts, **call)
+    assert tokens.ids(texts) == expected
+
+
+def test_a_tokenizer_that_cleans_up_spaces_decodes_through_transformers(smoke_tokenizer, real_records):
     smoke_tokenizer.clean_up_tokenization_spaces = True
     tokens = Tokens(smoke_tokenizer)
-    assert tokens._encoder is None and tokens._decoder is None
-    sequences = tokens.ids(texts)
-    assert sequences == smoke_tokenizer(texts).input_ids and max(map(len, sequences)) > 8
+    assert tokens._decoder is None
+    sequences = tokens.ids(_texts(real_records)[:3])
     assert tokens.texts(sequences) == smoke_tokenizer.batch_decode(sequences)
+
+
+def test_a_tokenizer_class_with_steps_of_its_own_is_left_to_transformers(smoke_model, real_records):
+    class Shouting(PreTrainedTokenizerFast):
+        def _decode(self, token_ids, **kwargs):
+            return super()._decode(token_ids, **kwargs).upper()
+
+    tokenizer = Shouting.from_pretrained(smoke_model)
+    tokens = Tokens(tokenizer)
+    texts = _texts(real_records)[:5]
+    assert tokens.ids(texts) == tokenizer(texts).input_ids
+    sequences = tokens.ids(texts)
+    assert tokens.texts(sequences) == tokenizer.batch_decode(sequences)
+    assert tokens.texts(sequences)[0].isupper()
