@@ -81,7 +81,7 @@ class PromptBuilder:
         is the template's, so what holds for the probes holds for every caption. (Passing the
         probes alone is not enough: a BPE that does not split at spaces, trained on the template,
         learns tokens across the cut that a caption can change.) Tests check the ids on the 5,000
-        real records with a byte-level and LLaMA-style tokenizers.
+        real records with a byte-level tokenizer and two LLaMA-style ones.
         """
         parts = _instruction_and_rest()
         if parts is None or self._a_token_crosses_line_breaks():
