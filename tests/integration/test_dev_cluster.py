@@ -9,10 +9,11 @@ def run(*command):
     return subprocess.run(command, capture_output=True, text=True, check=True, timeout=60).stdout
 
 
-def test_cluster_runs_an_array_and_accounts_for_it():
+def test_cluster_runs_an_array_and_accounts_for_it(tmp_path):
     config = run("scontrol", "show", "config")
     assert re.search(r"MaxArraySize\s*=\s*33$", config, re.MULTILINE)
-    job = run("sbatch", "--parsable", "--array=0-1", "--wait", "--wrap", "true").strip().split(";")[0]
+    job = run("sbatch", "--parsable", "--array=0-1", "--wait", f"--output={tmp_path}/%A_%a.out",  # not the caller's folder
+              "--wrap", "true").strip().split(";")[0]
     deadline = time.time() + 30
     while time.time() < deadline:
         states = run("sacct", "-j", job, "-X", "-n", "--format=JobID,State", "-P").split()
