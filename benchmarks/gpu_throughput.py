@@ -149,7 +149,7 @@ def engine_mode(model, prompts: list[list[int]], beams: int, batch_size: int, ba
     engine.min_new_tokens = NEW_TOKENS
     engine.preallocate = preallocate
     engine.fuse_encoded(prompts)
-    return {"batch_size_after_oom": engine.batch_size} if engine.batch_size != batch_size else {}
+    return {"batch_tokens_after_oom": engine.fitted_tokens} if engine.fitted_tokens is not None else {}
 
 
 def mean_batch(lengths: list[int], cap: int, budget: int | None, beams: int) -> float:

@@ -26,9 +26,14 @@ def batch_size_at(sorted_lengths: list[int], begin: int, cap: int, budget: int |
     size = min(cap, len(sorted_lengths) - begin)
     if budget is None:
         return size
-    while size > 1 and size * (sorted_lengths[begin + size - 1] + new_tokens) * beams > budget:
+    while size > 1 and kv_tokens(sorted_lengths[begin + size - 1], size, beams, new_tokens) > budget:
         size -= 1
     return size
+
+
+def kv_tokens(longest: int, prompts: int, beams: int, new_tokens: int) -> int:
+    """What a batch costs against the budget: the tokens its KV cache holds at the end."""
+    return prompts * (longest + new_tokens) * beams
 
 
 def kv_bytes_per_token(config, element_size: int) -> int:
@@ -52,6 +57,6 @@ def gpu_batch_tokens(model, given: int | None) -> int:
         log.info("token budget: %d tokens of KV cache a batch (%.1f GiB free)", fits, free / 2**30)
         return fits
     if given > fits:
-        log.warning("--batch-tokens %d is more than the %d that fit in %.1f GiB free; out of memory, batches "
-                    "are halved", given, fits, free / 2**30)
+        log.warning("--batch-tokens %d is more than the %d that fit in %.1f GiB free; on out of memory the budget "
+                    "is halved", given, fits, free / 2**30)
     return given

@@ -18,9 +18,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 from . import faults
-from .batching import batch_size_at, gpu_batch_tokens
+from .batching import batch_size_at, gpu_batch_tokens, kv_tokens
 from .kv_cache import PreallocatedCache, preallocatable
-from .prefix_cache import PrefixCache, shared_prefix
+from .prefix_cache import PrefixCache, positions_follow_mask, shared_prefix
 from .prompt import PromptBuilder
 from .settings import RunSettings
 
@@ -58,12 +58,16 @@ class FusionEngine:
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.batch_tokens = batch_tokens
+        self.fitted_tokens: int | None = None  # the budget an out-of-memory left, None until one
         self.min_new_tokens = 0  # benchmarks force a length so random weights cost what real ones do
         self.eos_id = tokenizer.eos_token_id
         # LLaMA tokenizers may lack a pad token; left padding is masked out, so any id serves.
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         # The instruction's keys and values, computed once (prefix_cache.py); None: every batch computes them.
         self.prefix = PrefixCache(model, prefix_ids) if prefix_ids else None
+        if self.prefix is not None and not positions_follow_mask(model):
+            log.warning("prefix cache off: the model's forward takes no position_ids")
+            self.prefix = None
         # Each batch's KV cache allocated once (kv_cache.py); off: transformers' own cache.
         self.preallocate = preallocatable(model)
 
@@ -115,11 +119,10 @@ class FusionEngine:
             except torch.OutOfMemoryError:
                 if len(batch) == 1:
                     raise
-                # Halve and retry the same prompts; the size sticks (the worker records it).
-                self.batch_size = max(1, len(batch) // 2)
-                log.warning("out of GPU memory with %d prompts; batch size now %d", len(batch), self.batch_size)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                fusions = None
+            if fusions is None:  # out of the except block, so the failed attempt's tensors are freed
+                longest = sorted_lengths[begin + size - 1]
+                self._halve_budget(size, kv_tokens(longest, size, self.num_beams, self.max_new_tokens))
                 continue
             for index, fusion in zip(batch, fusions):
                 results[index] = fusion
@@ -129,11 +132,11 @@ class FusionEngine:
 
     @torch.inference_mode()
     def _generate(self, prompts: list[list[int]]) -> list[Fusion]:
-        if faults.simulated_oom(len(prompts)):
-            raise torch.OutOfMemoryError(f"CUDA out of memory with {len(prompts)} prompts (simulated by CAPSFUS_FAULT)")
         prefix = self.prefix if self.prefix is not None and self.prefix.covers(prompts) else None
         head = len(prefix.ids) if prefix else 0  # [prefix, padding, rest], or [padding, prompt]
         width = max(len(ids) for ids in prompts)
+        if faults.simulated_oom(kv := kv_tokens(width, len(prompts), self.num_beams, self.max_new_tokens)):
+            raise torch.OutOfMemoryError(f"CUDA out of memory with {kv} tokens (simulated by CAPSFUS_FAULT)")
         # Through numpy: torch.tensor checks each element of nested lists, several times slower.
         laid_out = [ids[:head] + [self.pad_id] * (width - len(ids)) + ids[head:] for ids in prompts]
         input_ids = torch.from_numpy(np.array(laid_out, dtype=np.int64))
@@ -163,6 +166,21 @@ class FusionEngine:
         texts = self.prompts.tokens.texts(generated, skip_special_tokens=True)
         return [Fusion(text.strip(), EOS if tokens and tokens[-1] == self.eos_id else LENGTH, len(ids), len(tokens))
                 for text, tokens, ids in zip(texts, generated, prompts)]
+
+    def _halve_budget(self, prompts: int, tokens: int) -> None:
+        """After an out-of-memory on a batch of `tokens`: half of them is the budget from now on
+        (the worker records it), so the same prompts retry in a batch at most half as large while
+        shorter prompts still go in larger batches. A cap on the count would hold for them too."""
+        self.batch_tokens = self.fitted_tokens = tokens // 2
+        log.warning("out of GPU memory with %d prompts (%d tokens); token budget now %d", prompts, tokens,
+                    self.batch_tokens)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def limit_tokens(self, budget: int) -> None:
+        """Keep batches within a budget that fit in memory before (an earlier attempt's)."""
+        if self.batch_tokens is None or budget < self.batch_tokens:
+            self.batch_tokens = self.fitted_tokens = budget
 
     def _until_eos(self, tokens: list[int]) -> list[int]:
         return tokens[: tokens.index(self.eos_id) + 1] if self.eos_id in tokens else tokens

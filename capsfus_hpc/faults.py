@@ -1,8 +1,9 @@
 """Fault injection for tests, through the CAPSFUS_FAULT environment variable (unset in real runs).
 
   CAPSFUS_FAULT=sleep_per_window:SECONDS   sleep after each window, as a slow model would
-  CAPSFUS_FAULT=oom_above:N                a generate call of more than N prompts runs out of GPU
-                                           memory (torch.OutOfMemoryError), as on a small GPU
+  CAPSFUS_FAULT=oom_above:N                a generate call whose KV cache holds more than N tokens
+                                           (batching.kv_tokens) runs out of GPU memory
+                                           (torch.OutOfMemoryError), as on a small GPU
   CAPSFUS_FAULT=crash_at:STEP@N            SIGKILL this process the Nth time it reaches STEP:
       window            a window of rows has been fused (not committed yet)
       part_write        halfway through writing a part's temporary file
@@ -53,7 +54,7 @@ def reached(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def simulated_oom(batch: int) -> bool:
-    """Whether a generate call of `batch` prompts should fail as out of memory."""
+def simulated_oom(kv_tokens: int) -> bool:
+    """Whether a generate call whose KV cache holds `kv_tokens` should fail as out of memory."""
     limit = _value("oom_above")
-    return limit is not None and batch > int(limit)
+    return limit is not None and kv_tokens > int(limit)

@@ -19,6 +19,7 @@ those ids and has a token after them; otherwise the batch takes the plain path.
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch
 
@@ -33,6 +34,13 @@ def shared_prefix(tokenizer) -> list[int]:
     while all(len(ids) > length for ids in encoded) and len({ids[length] for ids in encoded}) == 1:
         length += 1
     return encoded[0][: max(length - 1, 0)]
+
+
+def positions_follow_mask(model) -> bool:
+    """Whether generate counts positions from the attention mask, as the layout needs: transformers
+    does so only for a decoder whose forward takes position_ids (some remote-code models' does not;
+    their positions would count the padding in the middle)."""
+    return not model.config.is_encoder_decoder and "position_ids" in inspect.signature(model.forward).parameters
 
 
 class PrefixCache:

@@ -52,7 +52,7 @@ class ProgressRecord:
     row_id_stop: int
     chunks: tuple[ChunkRecord, ...] = ()
     attempts: tuple[Attempt, ...] = field(default_factory=tuple)
-    batch_size: int | None = None  # the largest batch that fit in GPU memory, once one did not
+    batch_tokens: int | None = None  # the token budget an out-of-memory left (batching.kv_tokens)
 
     @classmethod
     def new(cls, shard: Shard) -> "ProgressRecord":
@@ -106,7 +106,7 @@ class ProgressRecord:
         return cls(
             shard=data["shard"], row_id_start=data["row_id_start"], row_id_stop=data["row_id_stop"],
             chunks=tuple(ChunkRecord(**c) for c in data["chunks"]),
-            attempts=tuple(Attempt(**a) for a in data["attempts"]), batch_size=data.get("batch_size"),
+            attempts=tuple(Attempt(**a) for a in data["attempts"]), batch_tokens=data.get("batch_tokens"),
         )
 
 

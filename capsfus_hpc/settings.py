@@ -50,9 +50,22 @@ class RunSettings:
     trust_remote_code: bool = False
     package_version: str = __version__
 
+    def __post_init__(self):
+        for name in AT_LEAST_ONE:
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value < 1):
+                raise CapsfusError(f"{name} must be a whole number of at least 1, not {value!r} "
+                                   f"(--{name.replace('_', '-')}, a profile or run.json)")
+        if self.dtype not in DTYPES:
+            raise CapsfusError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)} (--dtype, a profile or run.json)")
+
     def as_dict(self) -> dict:
         return asdict(self)
 
+
+AT_LEAST_ONE = ("num_beams", "max_new_tokens", "max_prompt_tokens", "batch_size", "batch_tokens", "chunk_rows",
+                "window_rows", "max_caption_chars")
+DTYPES = ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32")  # engine._dtype maps them
 
 # Options a user may pass to a run command; None means "not given".
 TUNABLE = ("num_beams", "max_new_tokens", "max_prompt_tokens", "dtype", "device_map", "batch_size", "batch_tokens",

@@ -147,36 +147,41 @@ def commit_chunk(paths: RunPaths, record: ProgressRecord, table: pa.Table, secon
 
 class _LazyEngine:
     """Loads the model on first use, once per task, so finished or all-invalid shards cost nothing.
-    Holds the batch size a shard's record says fits in GPU memory, for a requeued task."""
+    Holds the token budget a shard's record says fits in GPU memory, for a requeued task."""
 
     def __init__(self, settings: RunSettings):
         self.settings = settings
         self.engine = None
-        self.batch_cap: int | None = None
+        self.token_cap: int | None = None
 
     def __call__(self):
         if self.engine is None:
             from .engine import FusionEngine
 
             self.engine = FusionEngine.load(self.settings)
-        if self.batch_cap is not None and self.engine.batch_size > self.batch_cap:
-            log.info("batch size %d, remembered from an earlier out-of-memory", self.batch_cap)
-            self.engine.batch_size = self.batch_cap
+            self._apply_cap()
         return self.engine
 
-    def limit_batch(self, size: int) -> None:
-        self.batch_cap = size if self.batch_cap is None else min(self.batch_cap, size)
+    def limit_tokens(self, budget: int) -> None:
+        self.token_cap = budget if self.token_cap is None else min(self.token_cap, budget)
+        if self.engine is not None:
+            self._apply_cap()
+
+    def _apply_cap(self) -> None:
+        if self.token_cap is not None:
+            log.info("token budget %d, remembered from an earlier out-of-memory", self.token_cap)
+            self.engine.limit_tokens(self.token_cap)
 
     @property
-    def batch_size(self) -> int | None:
-        return self.engine.batch_size if self.engine is not None else None
+    def fitted_tokens(self) -> int | None:
+        return self.engine.fitted_tokens if self.engine is not None else None
 
 
-def _remember_batch(record: ProgressRecord, engine: Callable, configured: int) -> ProgressRecord:
-    """The record with the engine's batch size, if an out-of-memory made it smaller."""
-    size = getattr(engine, "batch_size", None)
-    if size is not None and size < configured and size != record.batch_size:
-        return replace(record, batch_size=size)
+def _remember_budget(record: ProgressRecord, engine: Callable) -> ProgressRecord:
+    """The record with the token budget an out-of-memory left, if there is a new one."""
+    budget = getattr(engine, "fitted_tokens", None)
+    if budget is not None and budget != record.batch_tokens:
+        return replace(record, batch_tokens=budget)
     return record
 
 
@@ -212,8 +217,8 @@ def _run_leased(paths: RunPaths, settings: RunSettings, manifest: Manifest, shar
         leftover.unlink(missing_ok=True)
     record = record.with_attempt(Attempt(time.time(), socket.gethostname(), os.getpid(), _job_id(), restart_count()))
     write_progress(paths.progress(shard_id), record)
-    if record.batch_size is not None and hasattr(engine, "limit_batch"):
-        engine.limit_batch(record.batch_size)
+    if record.batch_tokens is not None and hasattr(engine, "limit_tokens"):
+        engine.limit_tokens(record.batch_tokens)
     committed = 0
     try:
         input_file = manifest.files[shard.file]
@@ -228,7 +233,7 @@ def _run_leased(paths: RunPaths, settings: RunSettings, manifest: Manifest, shar
             cuts = windows(chunk.row_id_start, chunk.row_id_stop, record.row_id_start, settings.window_rows)
             fused = fuse_chunk(table, chunk.row_id_start, manifest.columns, settings.max_caption_chars, engine, cuts)
             lease.renew()
-            record = _remember_batch(record, engine, settings.batch_size)
+            record = _remember_budget(record, engine)
             record = commit_chunk(paths, record, fused, time.perf_counter() - began, index=chunk.index)
         for start, stop_row in chunk_ranges(record, settings.chunk_rows):
             if stop.requested and committed:
@@ -241,7 +246,7 @@ def _run_leased(paths: RunPaths, settings: RunSettings, manifest: Manifest, shar
             if fused.num_rows == 0:
                 break
             lease.renew()  # raises if another writer took the shard over: nothing more is committed
-            record = _remember_batch(record, engine, settings.batch_size)
+            record = _remember_budget(record, engine)
             record = commit_chunk(paths, record, fused, time.perf_counter() - began)
             committed += fused.num_rows
             chunk = record.chunks[-1]

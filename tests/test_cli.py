@@ -90,6 +90,18 @@ def test_submit_names_a_missing_manifest(tmp_path):
     assert_one_line_error(result, "nothere.json: no such manifest")
 
 
+@pytest.mark.parametrize("option, value, named", [("--batch-size", "0", "batch_size"), ("--num-beams", "-1", "num_beams"),
+                                                  ("--max-new-tokens", "0", "max_new_tokens"), ("--dtype", "fp8", "dtype")])
+def test_a_setting_no_task_could_run_with_is_refused_before_anything_is_written(tmp_path, real_records, option, value,
+                                                                                 named):
+    source = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:10]))
+    capsfus("manifest", "build", source, "-o", tmp_path / "m.json")
+    result = capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run", "--model", "x", "--local", option, value,
+                     check=False)
+    assert_one_line_error(result, named, value, option)
+    assert not (tmp_path / "run").exists()
+
+
 def test_dry_run_and_then_reduce_are_refused_with_local(tmp_path, real_records):
     source = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:10]))
     capsfus("manifest", "build", source, "-o", tmp_path / "m.json")

@@ -1,4 +1,5 @@
 from capsfus_hpc.engine import EOS, LENGTH, FusionEngine
+from capsfus_hpc.faults import FAULT_ENV
 
 from .conftest import load_engine
 
@@ -48,3 +49,20 @@ def test_the_engine_batches_by_its_token_budget(smoke_model, pairs):
     assert sum(n for n, _ in sizes) == len(pairs) and len(sizes) > 1
     assert all(n * (longest + 8) <= 1_500 or n == 1 for n, longest in sizes)
     assert sizes[0][0] > sizes[-1][0]  # short prompts first, more of them to a batch
+
+
+def test_out_of_memory_halves_the_token_budget_and_short_prompts_keep_large_batches(smoke_model, pairs, monkeypatch):
+    engine = load_engine(smoke_model, num_beams=1, max_new_tokens=4, batch_size=64)
+    encoded = engine.prompts.encode(pairs)
+    longest = sorted(encoded, key=len)[-4:]
+    shortest = sorted(encoded, key=len)[:32]
+    plain = engine.fuse_encoded(longest)
+    monkeypatch.setenv(FAULT_ENV, f"oom_above:{2 * (len(longest[-1]) + 4)}")  # two long prompts fit, four do not
+    sizes, generate = [], engine._generate
+    engine._generate = lambda prompts: (sizes.append((len(prompts), max(map(len, prompts)))), generate(prompts))[1]
+    assert engine.fuse_encoded(longest) == plain  # the same fusions, in input order
+    assert [n for n, _ in sizes] == [4, 2, 2] and engine.fitted_tokens == 2 * (len(longest[-1]) + 4)
+    sizes.clear()
+    engine.fuse_encoded(shortest)
+    assert sizes[0][0] > 2  # a budget, not a count: short prompts still go more than two to a batch
+    assert all(n * (longest + 4) <= engine.fitted_tokens for n, longest in sizes)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from capsfus_hpc.prefix_cache import PrefixCache, shared_prefix
+from capsfus_hpc.engine import FusionEngine
+from capsfus_hpc.prefix_cache import PrefixCache, positions_follow_mask, shared_prefix
 from capsfus_hpc.prompt import PromptBuilder, template
 
 from .conftest import load_engine
@@ -37,3 +38,21 @@ def test_a_batch_with_a_prompt_outside_the_prefix_takes_the_plain_path(smoke_mod
     assert not cached.prefix.covers([cached.prefix.ids])  # nothing after the prefix: nothing to start from
     plain = load_engine(smoke_model, num_beams=1, max_new_tokens=12, batch_size=4, prefix_cache=False)
     assert cached.fuse_encoded(prompts[1:] + [odd]) == plain.fuse_encoded(prompts[1:] + [odd])
+
+
+def test_a_model_whose_forward_takes_no_position_ids_goes_without_the_prefix_cache(smoke_model, pairs):
+    # transformers then counts positions from the cache, padding included: the prefix layout,
+    # padding in the middle, would shift them (some remote-code models' forward is like this).
+    plain = load_engine(smoke_model, num_beams=1, max_new_tokens=16, batch_size=8, prefix_cache=False)
+    engine = load_engine(smoke_model, num_beams=1, max_new_tokens=16, batch_size=8)
+    forward = engine.model.forward
+
+    def without_position_ids(input_ids=None, attention_mask=None, past_key_values=None, use_cache=None, **kwargs):
+        return forward(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
+                       use_cache=use_cache, **kwargs)
+
+    engine.model.forward = without_position_ids
+    assert positions_follow_mask(plain.model) and not positions_follow_mask(engine.model)
+    rebuilt = FusionEngine(engine.model, engine.tokenizer, 1, 16, 256, 8, prefix_ids=engine.prefix.ids)
+    assert rebuilt.prefix is None
+    assert rebuilt.fuse(pairs[:24]) == plain.fuse(pairs[:24])

@@ -5,6 +5,7 @@ give the same bytes as an undisturbed run."""
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 
@@ -163,25 +164,28 @@ def test_the_same_shard_started_twice_has_one_writer(tmp_path, source, smoke_mod
     assert _data_bytes(tmp_path / "final") == clean_dataset
 
 
-def test_out_of_memory_halves_the_batch_and_a_requeued_task_keeps_the_size(tmp_path, source, smoke_model):
+def test_out_of_memory_halves_the_token_budget_and_a_requeued_task_keeps_it(tmp_path, source, smoke_model):
     paths = make_run(tmp_path, [source], smoke_model, rows_per_shard=ROWS, chunk_rows=16, window_rows=16,
                      batch_size=16, max_new_tokens=4)
     work = [sys.executable, "-m", "capsfus_hpc", "work", str(paths.root), "--shard", "0"]
-    small_gpu = {**os.environ, FAULT_ENV: "oom_above:4"}
-    first = subprocess.run(work, env={**small_gpu, FAULT_ENV: "oom_above:4,crash_at:progress_written@2"},
+    small_gpu = {**os.environ, FAULT_ENV: "oom_above:1000"}  # KV tokens: 3 beams x (prompt + 4) a row
+    first = subprocess.run(work, env={**small_gpu, FAULT_ENV: "oom_above:1000,crash_at:progress_written@2"},
                            capture_output=True, text=True)
     assert first.returncode == -9
-    # The first window holds 15 valid rows (row 5 is invalid): 15 -> 7 -> 3 prompts.
-    assert "out of GPU memory with 15 prompts; batch size now 7" in first.stderr
-    assert "out of GPU memory with 7 prompts; batch size now 3" in first.stderr
-    assert read_progress(paths.progress(0)).batch_size == 3
+    halvings = [tuple(map(int, found)) for found in re.findall(
+        r"out of GPU memory with (\d+) prompts \((\d+) tokens\); token budget now (\d+)", first.stderr)]
+    # The first window holds 15 valid rows (row 5 is invalid): halved until a batch fits.
+    assert halvings[0][0] == 15 and len(halvings) >= 2
+    assert all(budget == tokens // 2 and tokens > 1000 for _, tokens, budget in halvings)
+    budget = halvings[-1][2]
+    assert budget <= 1000 and read_progress(paths.progress(0)).batch_tokens == budget
 
     second = subprocess.run(work, env=small_gpu, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-2000:]
-    assert "batch size 3, remembered from an earlier out-of-memory" in second.stderr
+    assert f"token budget {budget}, remembered from an earlier out-of-memory" in second.stderr
     assert "out of GPU memory" not in second.stderr  # no search again
     record = read_progress(paths.progress(0))
-    assert record.done and record.batch_size == 3 and record.rows_done == ROWS
+    assert record.done and record.batch_tokens == budget and record.rows_done == ROWS
 
 
 @pytest.fixture
