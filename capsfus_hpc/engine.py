@@ -23,6 +23,7 @@ from .kv_cache import PreallocatedCache, preallocatable
 from .prefix_cache import PrefixCache, positions_follow_mask, shared_prefix
 from .prompt import PromptBuilder
 from .settings import RunSettings
+from .validate import PromptTooLong
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class FusionEngine:
         if self.prefix is not None and not positions_follow_mask(model):
             log.warning("prefix cache off: the model's forward takes no position_ids")
             self.prefix = None
+        # Positions the model was trained on; longer prompts are refused (PromptTooLong).
+        self.context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
         # Each batch's KV cache allocated once (kv_cache.py); off: transformers' own cache.
         self.preallocate = preallocatable(model)
 
@@ -93,11 +96,18 @@ class FusionEngine:
         return cls(model, tokenizer, settings.num_beams, settings.max_new_tokens, settings.max_prompt_tokens,
                    settings.batch_size, batch_tokens, shared_prefix(tokenizer) if settings.prefix_cache else None)
 
-    def fuse(self, pairs: list[tuple[str, str]], before_batch: Callable[[float | None], None] | None = None) -> list[Fusion]:
+    def fuse(self, pairs: list[tuple[str, str]],
+             before_batch: Callable[[float | None], None] | None = None) -> list[Fusion | PromptTooLong]:
         """Fused captions in input order; batches are formed from length-sorted prompts.
 
         `before_batch(seconds of the previous batch)` may raise to abandon the rest."""
-        return self.fuse_encoded(self.prompts.encode(pairs), before_batch)
+        encoded = self.prompts.encode(pairs)
+        room = None if self.context is None else self.context - self.max_new_tokens
+        fit = [i for i, ids in enumerate(encoded) if room is None or len(ids) <= room]
+        if len(fit) == len(encoded):
+            return self.fuse_encoded(encoded, before_batch)
+        fused = dict(zip(fit, self.fuse_encoded([encoded[i] for i in fit], before_batch)))
+        return [fused[i] if i in fused else PromptTooLong(len(encoded[i]), room) for i in range(len(encoded))]
 
     def fuse_encoded(self, encoded: list[list[int]],
                      before_batch: Callable[[float | None], None] | None = None) -> list[Fusion]:

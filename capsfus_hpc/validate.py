@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -21,3 +22,20 @@ def input_problem(raw: Any, synthetic: Any, staging_error: str | None, columns, 
         if len(value) > max_chars:
             return f"{role}_too_long", f"{name} has {len(value)} characters, over the limit of {max_chars}"
     return None
+
+
+@dataclass(frozen=True)
+class PromptTooLong:
+    """A row the model cannot take: its prompt, the raw caption cut as far as it goes, leaves too
+    little of the model's context for the new tokens (the synthetic caption is never cut, as in
+    the reference). Rejected as invalid input, never sent: the model would write past what it was
+    trained on, or the shard fail on it out of memory at every attempt."""
+
+    prompt_tokens: int
+    room: int  # the model's context less max_new_tokens
+    reason = "prompt_too_long"
+
+    @property
+    def detail(self) -> str:
+        return f"the prompt has {self.prompt_tokens} tokens, over the {self.room} the model's context leaves beside " \
+               "the new tokens"

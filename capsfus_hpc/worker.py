@@ -34,7 +34,7 @@ from .preemption import NEVER_STOP, StopRequest, WindowAborted, requeue_own_task
 from .progress import Attempt, ChunkRecord, ProgressRecord, read_progress, write_progress
 from .settings import RunSettings, load_run
 from .shard_reader import ShardReader
-from .validate import input_problem
+from .validate import PromptTooLong, input_problem
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,11 @@ def fuse_chunk(table: pa.Table, row_id_start: int, columns: ColumnMapping, max_c
         try:
             if valid:
                 results = engine().fuse([(raw[i], synthetic[i]) for i in valid], before_batch=stop.check_batch)
-                fusions.update(zip(valid, results))
+                for i, result in zip(valid, results):
+                    if isinstance(result, PromptTooLong):
+                        problems[i] = (result.reason, result.detail)
+                    else:
+                        fusions[i] = result
         except WindowAborted:
             break
         faults.after_window()

@@ -57,6 +57,21 @@ def test_every_input_row_gives_exactly_one_output_row(tmp_path, real_records, sm
     assert "__capsfus_input_error" not in rows[0]
 
 
+def test_a_prompt_the_models_context_cannot_hold_is_rejected_and_the_rest_fused(tmp_path, real_records, smoke_model):
+    rows = with_urls(real_records[:5])
+    rows[2] = {**rows[2], "laion_coco": " ".join([rows[2]["laion_coco"]] * 40)}  # under 4,000 characters
+    assert len(rows[2]["laion_coco"]) < 4000
+    paths = make_run(tmp_path, [write_parquet(tmp_path / "in.parquet", rows)], smoke_model, rows_per_shard=100,
+                     max_new_tokens=12)
+    assert run_shards(str(paths.root), [0]) == {0: 5}
+    out = pq.read_table(paths.part(0, 0)).to_pylist()
+    assert [row["status"] for row in out] == [STATUS_OK, STATUS_OK, STATUS_INVALID, STATUS_OK, STATUS_OK]
+    assert out[2]["reason"] == "prompt_too_long" and out[2]["fused_caption"] is None
+    tokens = int(out[2]["detail"].split()[3])
+    assert tokens > 512 - 12 and out[2]["detail"].endswith(f"over the {512 - 12} the model's context leaves beside "
+                                                            "the new tokens")  # the smoke model's 512 positions
+
+
 def test_progress_record_names_durable_parts_with_their_checksums(tmp_path, real_records, smoke_model):
     source = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:30]), row_group_rows=7)
     paths = make_run(tmp_path, [source], smoke_model, rows_per_shard=30, chunk_rows=8, max_new_tokens=8)
