@@ -7,6 +7,7 @@ import json
 import logging
 import shlex
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from . import __version__
+from . import __version__, ledger
 from .columns import ColumnMapping
 from .display import plan_document, plan_text, row_progress, safe, stats_table, status_table
 from .errors import CapsfusError
@@ -50,7 +51,7 @@ def user_errors(command):
         except CapsfusError as exc:
             console.print(f"[red]error:[/] {safe(exc)}", soft_wrap=True)
             raise typer.Exit(1) from None
-        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
             console.print(f"[red]error:[/] {safe(exc.filename or '')}: {safe(exc.strerror)}", soft_wrap=True)
             raise typer.Exit(1) from None
 
@@ -104,15 +105,25 @@ def _run_command(paths: RunPaths, manifest: Path, model: str, revision: Optional
         if options.get(key) is None:
             options[key] = value
     requested = requested_settings(manifest, model, revision, **options)
-    resources = {name: given[name] for name in ("time", "gpus", "cpus", "mem", "partition", "account", "qos",
-                                                "constraint") if given[name] is not None}
-    slurm_options = SlurmOptions(**{**(profile.slurm if profile else {}), **resources},
-                                 extra=tuple(given["sbatch_arg"] or ()), array_parallelism=given["array_parallelism"],
-                                 signal_delay_s=given["signal_delay"], max_requeues=given["max_requeues"])
+    slurm_options = _slurm_options(paths, profile, given)
     _launch(paths, requested, {k for k, v in options.items() if v is not None}, local=given["local"],
             dry_run=given["dry_run"], workers=given["workers"], shards_per_task=given["shards_per_task"],
             slurm_options=slurm_options, samples_per_s=given["samples_per_s"], then_reduce=given["then_reduce"],
             as_json=given["as_json"])
+
+
+def _slurm_options(paths: RunPaths, profile, given: dict) -> SlurmOptions:
+    """The options of the run's latest fusion job (none before the first), then the profile's,
+    then those given: a resume keeps the partition, account and resources it does not change."""
+    options = dict(ledger.latest_fuse_options(ledger.read(paths.ledger)) or {})
+    options.update(profile.slurm if profile else {})
+    renamed = {"signal_delay": "signal_delay_s", "sbatch_arg": "extra"}
+    for name in ("time", "gpus", "cpus", "mem", "partition", "account", "qos", "constraint", "array_parallelism",
+                 "signal_delay", "max_requeues", "sbatch_arg"):
+        if given[name] is not None:
+            options[renamed.get(name, name)] = given[name]
+    known = {f.name for f in fields(SlurmOptions)}
+    return SlurmOptions(**{**{k: v for k, v in options.items() if k in known}, "extra": tuple(options.get("extra", ()))})
 
 
 def _launch(paths: RunPaths, requested, given: set[str], *, local: bool, dry_run: bool, workers: int,
@@ -183,7 +194,7 @@ def submit(
     workers: opt.Workers = 1, shards_per_task: opt.ShardsPerTask = 1,
     partition: opt.Partition = None, account: opt.Account = None, qos: opt.Qos = None, time: opt.Time = None, gpus: opt.Gpus = None,
     cpus: opt.Cpus = None, mem: opt.Mem = None, constraint: opt.Constraint = None, sbatch_arg: opt.SbatchArg = None,
-    array_parallelism: opt.ArrayParallelism = None, signal_delay: opt.SignalDelay = 120, max_requeues: opt.MaxRequeues = 5,
+    array_parallelism: opt.ArrayParallelism = None, signal_delay: opt.SignalDelay = None, max_requeues: opt.MaxRequeues = None,
     samples_per_s: opt.SamplesPerS = 50.0, then_reduce: opt.ThenReduce = None, as_json: opt.JsonFlag = False,
 ):
     """Fuse every shard not done yet: SLURM job arrays, or --local tasks. The run folder freezes the settings.
@@ -205,7 +216,7 @@ def resume(
     workers: opt.Workers = 1, shards_per_task: opt.ShardsPerTask = 1,
     partition: opt.Partition = None, account: opt.Account = None, qos: opt.Qos = None, time: opt.Time = None, gpus: opt.Gpus = None,
     cpus: opt.Cpus = None, mem: opt.Mem = None, constraint: opt.Constraint = None, sbatch_arg: opt.SbatchArg = None,
-    array_parallelism: opt.ArrayParallelism = None, signal_delay: opt.SignalDelay = 120, max_requeues: opt.MaxRequeues = 5,
+    array_parallelism: opt.ArrayParallelism = None, signal_delay: opt.SignalDelay = None, max_requeues: opt.MaxRequeues = None,
     samples_per_s: opt.SamplesPerS = 50.0, then_reduce: opt.ThenReduce = None, as_json: opt.JsonFlag = False,
 ):
     """Submit only the shards that are neither done nor queued or running, as new arrays.

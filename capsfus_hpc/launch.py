@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import submitit
@@ -160,7 +160,8 @@ def submit_plan(paths: RunPaths, plan: SlurmPlan, then_reduce: Path | None) -> l
     for array, spec in zip(plan.arrays, plan.specs):
         task_ids = submit_array(spec, run_shards, [(str(paths.root), list(group)) for group in array])
         job_id = task_ids[0].split("_")[0]
-        entries.append(ledger.append(paths.ledger, job_id, ledger.FUSE, [(t, list(g)) for t, g in zip(task_ids, array)]))
+        entries.append(ledger.append(paths.ledger, job_id, ledger.FUSE, [(t, list(g)) for t, g in zip(task_ids, array)],
+                                     asdict(spec.options)))
     if plan.reduce_spec is not None and then_reduce is not None:
         dependency = "afterany:" + ":".join(e.job_id for e in entries) if entries else None
         spec = replace(plan.reduce_spec, dependency=dependency)

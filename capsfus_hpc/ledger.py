@@ -1,6 +1,7 @@
 """The jobs ledger: every SLURM submission of a run, appended to DIR/jobs.jsonl.
 
-One JSON line per submitted job: its tasks (job id of each task and the shards it runs).
+One JSON line per submitted job: its tasks (job id of each task and the shards it runs) and the
+SLURM options it went with, which a later `resume` starts from.
 Lines are appended with O_APPEND and fsynced; a reader skips a torn last line.
 """
 
@@ -22,18 +23,21 @@ class Submission:
     kind: str  # FUSE or REDUCE
     tasks: tuple[tuple[str, tuple[int, ...]], ...]  # (task job id, shard ids)
     submitted_at: float
+    slurm: dict | None = None  # slurm.SlurmOptions as a dict
 
     def as_dict(self) -> dict:
         return {"job_id": self.job_id, "kind": self.kind, "submitted_at": self.submitted_at,
-                "tasks": [[task, list(shards)] for task, shards in self.tasks]}
+                "tasks": [[task, list(shards)] for task, shards in self.tasks], "slurm": self.slurm}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Submission":
-        return cls(data["job_id"], data["kind"], tuple((t, tuple(s)) for t, s in data["tasks"]), data["submitted_at"])
+        return cls(data["job_id"], data["kind"], tuple((t, tuple(s)) for t, s in data["tasks"]), data["submitted_at"],
+                   data.get("slurm"))
 
 
-def append(path: Path, job_id: str, kind: str, tasks: list[tuple[str, list[int]]]) -> Submission:
-    entry = Submission(job_id, kind, tuple((t, tuple(s)) for t, s in tasks), time.time())
+def append(path: Path, job_id: str, kind: str, tasks: list[tuple[str, list[int]]], slurm: dict | None = None
+           ) -> Submission:
+    entry = Submission(job_id, kind, tuple((t, tuple(s)) for t, s in tasks), time.time(), slurm)
     line = (json.dumps(entry.as_dict(), sort_keys=True) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -54,6 +58,11 @@ def read(path: Path) -> list[Submission]:
         except (json.JSONDecodeError, KeyError, TypeError):
             continue  # a torn last line of an interrupted append
     return entries
+
+
+def latest_fuse_options(entries: list[Submission]) -> dict | None:
+    """The SLURM options of the run's latest fusion job, None before the first."""
+    return next((e.slurm for e in reversed(entries) if e.kind == FUSE and e.slurm is not None), None)
 
 
 def latest_task_of_shard(entries: list[Submission]) -> dict[int, str]:

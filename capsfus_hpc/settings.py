@@ -91,6 +91,8 @@ def requested_settings(manifest_path: Path, model: str, revision: str | None, **
     manifest_path = manifest_path.absolute()
     manifest = load_manifest(manifest_path)
     model_id = str(Path(model).absolute()) if Path(model).exists() else model
+    if model_id == model and model.startswith(("/", "./", "../", "~")):  # a path, not a hub id
+        raise CapsfusError(f"--model {model}: no such folder")
     unknown = set(options) - set(TUNABLE)
     if unknown:
         raise ValueError(f"unknown settings {sorted(unknown)}")
@@ -140,7 +142,7 @@ def open_or_create(paths: RunPaths, requested: RunSettings, given: set[str], wri
 def load_settings(paths: RunPaths) -> RunSettings:
     try:
         data = json.loads(paths.run_config.read_text())
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, NotADirectoryError) as exc:
         raise CapsfusError(f"{paths.root}: not a run folder (no run.json); start one with 'capsfus-hpc submit'") from exc
     except json.JSONDecodeError as exc:
         raise CapsfusError(f"{paths.run_config}: invalid JSON: {exc}") from exc

@@ -164,7 +164,10 @@ def submit_array(spec: ArraySpec, function, arguments: list[tuple]) -> list[str]
         raise ValueError("one argument tuple per task")
     executor = submitit.AutoExecutor(folder=spec.folder, cluster="slurm", slurm_python=spec.python)
     executor.update_parameters(**{f"slurm_{k}": v for k, v in slurm_parameters(spec).items()})
-    jobs = executor.map_array(function, *zip(*arguments))
+    try:
+        jobs = executor.map_array(function, *zip(*arguments))
+    except submitit.core.utils.FailedJobError as exc:  # sbatch refused: its own words say why
+        raise CapsfusError(f"sbatch refused the job: {str(exc).strip().splitlines()[-1]}") from None
     return [str(job.job_id) for job in jobs]
 
 

@@ -3,10 +3,14 @@
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 
-from .conftest import with_urls, write_parquet
+from capsfus_hpc import ledger
+from capsfus_hpc.slurm import SlurmOptions
+
+from .conftest import make_run, with_urls, write_parquet
 
 
 def capsfus(*args, check=True):
@@ -100,6 +104,33 @@ def test_a_setting_no_task_could_run_with_is_refused_before_anything_is_written(
                      check=False)
     assert_one_line_error(result, named, value, option)
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_starts_from_the_latest_submission_s_slurm_options(tmp_path, real_records, smoke_model):
+    paths = make_run(tmp_path, [write_parquet(tmp_path / "a.parquet", with_urls(real_records[:10]))], smoke_model, 10)
+    earlier = SlurmOptions(partition="debug", account="proj", mem="3G", time="30", array_parallelism=2,
+                           signal_delay_s=60, max_requeues=2, extra=("--comment=fusion",))
+    ledger.append(paths.ledger, "900", ledger.FUSE, [("900_0", [0])], asdict(earlier))
+    plan = json.loads(capsfus("resume", paths.root, "--dry-run", "--json", "--mem", "4G").stdout)
+    script = plan["scripts"][0]
+    for line in ("--partition=debug", "--account=proj", "--time=30", "--mem=4G", "--signal=USR2@60", "--comment=fusion"):
+        assert f"#SBATCH {line}\n" in script, line
+    assert "CAPSFUS_MAX_REQUEUES=2" in script
+
+
+def test_user_mistakes_end_in_one_line_that_names_them(tmp_path, real_records):
+    source = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:4]))
+    capsfus("manifest", "build", source, "-o", tmp_path / "m.json")
+    result = capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run", "--model", "x", "--partition", "nosuch",
+                     check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == \
+        "error: sbatch refused the job: sbatch: error: Batch job submission failed: Invalid partition name specified"
+    typo = capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run2", "--model", "./smoke-modle", "--local",
+                   check=False)  # a path, which must not be taken for a hub id
+    assert_one_line_error(typo, "--model ./smoke-modle: no such folder")
+    named = capsfus("status", tmp_path / "run" / "run.json", check=False)  # the file, not its folder
+    assert_one_line_error(named, "run.json: not a run folder")
 
 
 def test_dry_run_and_then_reduce_are_refused_with_local(tmp_path, real_records):

@@ -162,9 +162,11 @@ def test_a_cancelled_shard_shows_cancelled_and_resume_resubmits_exactly_it(tmp_p
     assert shard["slurm_state"] == "CANCELLED" and shard["error"].startswith("CANCELLED")
     assert "stopped by SIGTERM" in status["log_tails"]["0"], "a failed shard shows the end of its task's log"
     assert 0 < shard["rows_done"] < 30, "the cancelled task committed what it had"
-    plan = json.loads(capsfus("resume", run, "--dry-run", "--json", *CHEAP).stdout)
+    plan = json.loads(capsfus("resume", run, "--dry-run", "--json").stdout)
     assert plan["arrays"] == [[[0]]]
-    capsfus("resume", run, *CHEAP)
+    for inherited in ("--cpus-per-task=1", "--mem=2G", "--time=10"):  # from the submit, not given again
+        assert f"#SBATCH {inherited}\n" in plan["scripts"][0]
+    capsfus("resume", run)
     latest = ledger.read(paths.ledger)[-1]
     assert [shards for _, shards in latest.tasks] == [(0,)]
     wait_until(all_done(run), 240, "the resubmitted shard")
