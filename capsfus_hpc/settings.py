@@ -90,9 +90,9 @@ def requested_settings(manifest_path: Path, model: str, revision: str | None, **
     """Settings for a new run: defaults, overridden by whatever the user gave."""
     manifest_path = manifest_path.absolute()
     manifest = load_manifest(manifest_path)
-    model_id = str(Path(model).absolute()) if Path(model).exists() else model
-    if model_id == model and model.startswith(("/", "./", "../", "~")):  # a path, not a hub id
+    if not Path(model).exists() and model.startswith(("/", "./", "../", "~")):  # a path, not a hub id
         raise CapsfusError(f"--model {model}: no such folder")
+    model_id = str(Path(model).absolute()) if Path(model).exists() else model
     unknown = set(options) - set(TUNABLE)
     if unknown:
         raise ValueError(f"unknown settings {sorted(unknown)}")
