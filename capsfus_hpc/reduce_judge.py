@@ -78,8 +78,18 @@ def read_rows(schema: pa.Schema, verify: bool = True) -> Callable[[list[Part]], 
 def _caption_columns(table: pa.Table, columns: ColumnMapping) -> list[pa.ChunkedArray]:
     """The fused, raw and synthetic captions and the finish reason, as the rules read them."""
     names = (FUSED_CAPTION, columns.raw_caption, columns.synthetic_caption, FINISH_REASON)
-    return [table.column(n) if n in table.column_names else pa.chunked_array([pa.nulls(table.num_rows, pa.string())])
-            for n in names]
+    return [_as_strings(table.column(n)) if n in table.column_names
+            else pa.chunked_array([pa.nulls(table.num_rows, pa.string())]) for n in names]
+
+
+def _as_strings(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A caption column as the screen reads it. An input column of numbers or lists never held a
+    caption that was fused (those rows are invalid input), so it reads as nulls."""
+    if pa.types.is_string(column.type):
+        return column
+    if pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
+        return column.cast(pa.string())
+    return pa.chunked_array([pa.nulls(len(column), pa.string())])
 
 
 def screened_rows(schema: pa.Schema, columns: ColumnMapping, rules: CaptionRules

@@ -65,6 +65,14 @@ def test_reduce_is_byte_identical_when_run_again(tmp_path, finished_run, _run_al
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
 
+def test_a_caption_column_of_numbers_is_reduced_to_rejects_not_a_crash(tmp_path, real_records, smoke_model):
+    rows = [{**row, "laion_2b": index} for index, row in enumerate(with_urls(real_records[:6]))]
+    paths = make_run(tmp_path, [write_parquet(tmp_path / "numbers.parquet", rows)], smoke_model, 6)
+    run_with_official_captions(paths, real_records)
+    stats = reduce_run(paths, tmp_path / "final")
+    assert stats["rows_out"] == 0 and stats["rejected"] == {"raw_caption_not_string": 6}
+
+
 def test_an_incomplete_run_is_refused_with_the_missing_shards(tmp_path, finished_run, real_records):
     settings, manifest = load_run(finished_run)
     engine = ReplayEngine(real_records)
