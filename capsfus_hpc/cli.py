@@ -20,16 +20,16 @@ from .columns import ColumnMapping
 from .display import plan_document, plan_text, row_progress, safe, stats_table, status_table
 from .errors import CapsfusError
 from .permissions import restrict_umask
-from .launch import prepare_slurm, submit_local, submit_plan, validate_plan
+from .launch import prepare_slurm, refusal, submit_local, submit_plan, validate_plan
 from .manifest import DEFAULT_ROWS_PER_SHARD, build_manifest
 from . import options as opt
-from .paths import RunPaths
+from .paths import ReducePaths, RunPaths
 from .profiles import load_profile
 from .caption_rules import CaptionRules
-from .reduce import STATS_FILE, ReduceOptions, load_rules, reduce_run
+from .reduce import STATS_FILE, ReduceOptions, check_final, load_rules, reduce_run
 from .settings import load_run, load_settings, open_or_create, requested_settings
 from .slurm import SlurmOptions
-from .status import FAILED, gather_status
+from .status import DAMAGED, FAILED, PENDING, RUNNING, gather_status
 from .worker import run_shards
 
 app = typer.Typer(
@@ -129,18 +129,29 @@ def _slurm_options(paths: RunPaths, profile, given: dict) -> SlurmOptions:
 def _launch(paths: RunPaths, requested, given: set[str], *, local: bool, dry_run: bool, workers: int,
             shards_per_task: int, slurm_options: SlurmOptions, samples_per_s: float, then_reduce: Optional[Path],
             as_json: bool) -> None:
-    """The one path of submit and resume: freeze or check the settings, then run what is missing."""
-    open_or_create(paths, requested, given, write=not dry_run)
+    """The one path of submit and resume: check everything, and only then freeze the settings and
+    run what is missing (a refused command leaves no run.json behind to refuse its correction)."""
+    open_or_create(paths, requested, given, write=False)
     if local:
         if dry_run or then_reduce:
             raise CapsfusError("--dry-run and --then-reduce are for SLURM submissions; drop --local")
+        open_or_create(paths, requested, given)
         return _launch_local(paths, workers, shards_per_task, as_json)
+    if then_reduce is not None:
+        check_final(ReducePaths(then_reduce), paths)
     plan, reachable = prepare_slurm(paths, Path(requested.manifest), slurm_options, shards_per_task, samples_per_s,
                                     then_reduce)
+    checks = validate_plan(plan, reachable)
     if dry_run:
-        return _print_plan(plan, validate_plan(plan, reachable), as_json)
+        _print_plan(plan, checks, as_json)
+        if refusal(checks):
+            raise CapsfusError(refusal(checks))
+        return
     if not reachable:
         raise CapsfusError("SLURM does not answer (sinfo failed); run on a login node, or use --local")
+    if refusal(checks):
+        raise CapsfusError(refusal(checks))
+    open_or_create(paths, requested, given)
     entries = submit_plan(paths, plan, then_reduce)
     if as_json:
         print_json({"run": str(paths.root), "jobs": [e.as_dict() for e in entries], "rows": plan.rows})
@@ -152,7 +163,7 @@ def _launch(paths: RunPaths, requested, given: set[str], *, local: bool, dry_run
     console.print(f"follow it with: capsfus-hpc status {safe(shlex.quote(str(paths.root)))} --watch 10")
 
 
-def _print_plan(plan, checks: list[str], as_json: bool) -> None:
+def _print_plan(plan, checks: list[tuple[bool, str]], as_json: bool) -> None:
     if as_json:
         print_json(plan_document(plan, checks))
     else:
@@ -284,20 +295,24 @@ def status(
     if as_json:
         run_status = gather_status(paths, manifest, verify=verify)
         print_json({**run_status.as_dict(), "log_tails": _log_tails(paths, run_status)})
-        return
-    if watch is None:
-        console.print(table()[1])
-        return
-    with Live(table()[1], console=console, auto_refresh=False) as live:
-        try:
-            while True:
-                run_status, rendered = table()
-                live.update(rendered, refresh=True)
-                if run_status.complete:
-                    break
-                time.sleep(max(watch, 1.0))
-        except KeyboardInterrupt:
-            pass
+    elif watch is None:
+        run_status, rendered = table()
+        console.print(rendered)
+    else:
+        with Live(table()[1], console=console, auto_refresh=False) as live:
+            try:
+                while True:
+                    run_status, rendered = table()
+                    live.update(rendered, refresh=True)
+                    if not run_status.counts[PENDING] and not run_status.counts[RUNNING]:
+                        break  # done, or all that is left failed: nothing more will happen
+                    time.sleep(max(watch, 1.0))
+            except KeyboardInterrupt:
+                return
+    # Exit 1 where a script asked a question whose answer is bad: damage found, or a watch that ended on failures.
+    unfinished = run_status.counts[DAMAGED] + (run_status.counts[FAILED] if watch is not None else 0)
+    if (verify or watch is not None) and unfinished:
+        raise CapsfusError(f"{unfinished} shard(s) failed or damaged; 'capsfus-hpc resume {paths.root}' runs them again")
 
 
 @app.command()

@@ -89,22 +89,35 @@ def stats_table(stats: dict, title: str) -> Table:
     return table
 
 
-def plan_document(plan, checks: list[str]) -> dict:
-    """A SLURM plan (launch.SlurmPlan) for --json."""
+def _ranges(ids: list[int]) -> str:
+    """Sorted ids as runs: 0-3, 7, 9-10."""
+    runs: list[list[int]] = []
+    for value in sorted(ids):
+        if runs and value == runs[-1][1] + 1:
+            runs[-1][1] = value
+        else:
+            runs.append([value, value])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def plan_document(plan, checks: list[tuple[bool, str]]) -> dict:
+    """A SLURM plan (launch.SlurmPlan) for --json, with sbatch --test-only's (accepted, answer) per array."""
     return {"arrays": [[list(group) for group in array] for array in plan.arrays], "scripts": plan.scripts(),
-            "test_only": checks, "estimate": {"rows": plan.rows, "samples_per_s": plan.samples_per_s,
+            "test_only": [message for _, message in checks], "accepted": [accepted for accepted, _ in checks],
+            "estimate": {"rows": plan.rows, "samples_per_s": plan.samples_per_s,
                                               "gpus_per_task": plan.gpus_per_task,
                                               "gpu_hours": round(plan.gpu_hours, 2)}}
 
 
-def plan_text(plan, checks: list[str]) -> str:
+def plan_text(plan, checks: list[tuple[bool, str]]) -> str:
     """A SLURM plan as the scripts sbatch would get, each with its layout and --test-only answer."""
     scripts = plan.scripts()
     parts = []
     for index, (array, script) in enumerate(zip(plan.arrays, scripts)):
         shards = [shard for group in array for shard in group]
-        parts += [f"# array {index}: {len(array)} task(s), shards {shards[0]}..{shards[-1]}", script,
-                  f"# sbatch --test-only: {checks[index]}\n"]
+        accepted, message = checks[index]
+        parts += [f"# array {index}: {len(array)} task(s), shards {_ranges(shards)}", script,
+                  f"# sbatch --test-only{'' if accepted else ' REFUSED'}: {message}\n"]
     if plan.reduce_spec is not None:
         parts += ["# reduce job, after the arrays above", scripts[-1]]
     parts.append(f"# {plan.rows} rows to fuse at a stated {plan.samples_per_s:g} samples/s per task "

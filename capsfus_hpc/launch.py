@@ -147,10 +147,16 @@ def prepare_slurm(paths: RunPaths, manifest_path: Path, options: SlurmOptions, s
     return plan_slurm(paths, status, options, shards_per_task, max_tasks, samples_per_s, then_reduce), reachable
 
 
-def validate_plan(plan: SlurmPlan, reachable: bool) -> list[str]:
-    """sbatch --test-only's answer for each array's script."""
-    return [sbatch_test_only(script) if reachable else "SLURM not reachable: not validated"
+def validate_plan(plan: SlurmPlan, reachable: bool) -> list[tuple[bool, str]]:
+    """sbatch --test-only's answer for each array's script: (accepted, what it said)."""
+    return [sbatch_test_only(script) if reachable else (True, "SLURM not reachable: not validated")
             for script in plan.scripts()[: len(plan.specs)]]
+
+
+def refusal(checks: list[tuple[bool, str]]) -> str | None:
+    """The first array sbatch --test-only refused, as an error line; None if it refused none."""
+    return next((f"sbatch --test-only refused array {index}: {message}"
+                 for index, (accepted, message) in enumerate(checks) if not accepted), None)
 
 
 def submit_plan(paths: RunPaths, plan: SlurmPlan, then_reduce: Path | None) -> list[ledger.Submission]:

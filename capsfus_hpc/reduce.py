@@ -18,6 +18,7 @@ whatever order shards finished in, and however many tasks or partitions did the 
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 from collections.abc import Callable
@@ -43,7 +44,7 @@ DUPLICATES_FILE = _FINAL.duplicates.name
 STATS_FILE = _FINAL.stats.name
 CARD_FILE = _FINAL.card.name
 __all__ = ["CAPTION_REASON_PREFIX", "DUPLICATE_CAPTION", "DUPLICATE_KEY", "DUPLICATE_OF", "DUPLICATES_SCHEMA",
-           "REJECT_DETAIL", "REJECT_REASON", "ReduceOptions", "load_rules", "reduce_run", "reduce_task"]
+           "REJECT_DETAIL", "REJECT_REASON", "ReduceOptions", "check_final", "load_rules", "reduce_run", "reduce_task"]
 
 
 def default_workers() -> int:
@@ -51,12 +52,24 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def _prepare_final(final: ReducePaths) -> None:
-    """An empty folder, or one holding an earlier (finished or not) reduce's output, which is replaced."""
-    entries = [e for e in final.root.iterdir() if e != final.work] if final.root.exists() else []
-    if entries and not final.stats.exists() and not final.work.exists():
+def check_final(final: ReducePaths, run: RunPaths) -> None:
+    """Refuse a final folder that holds anything but an earlier reduce of this run (which is replaced)."""
+    if not final.root.exists() or not any(final.root.iterdir()):
+        return
+    if not final.stats.exists() and not final.plan.exists() and final.work.exists():
+        return  # a reduce stopped before it wrote its plan: no dataset yet
+    try:
+        earlier = json.loads((final.stats if final.stats.exists() else final.plan).read_text())["run"]
+    except (OSError, ValueError, KeyError, TypeError):
         raise CapsfusError(f"{final.root} is not empty and holds no earlier reduce output; "
-                           "choose an empty --final folder")
+                           "choose an empty --final folder") from None
+    if Path(earlier).resolve() != run.root.resolve():
+        raise CapsfusError(f"{final.root} holds the reduce of another run ({earlier}); choose another --final "
+                           "folder, or remove it to replace that dataset")
+
+
+def _prepare_final(final: ReducePaths) -> None:
+    """The folder emptied of an earlier reduce's output (check_final has vouched for it)."""
     final.root.mkdir(parents=True, exist_ok=True)
     # stats.json goes first, so the folder reads as unfinished until this reduce completes.
     final.stats.unlink(missing_ok=True)
@@ -79,6 +92,7 @@ def prepare_reduce(paths: RunPaths, final: Path, options: ReduceOptions, workers
     for part in parts:
         shard_rows[part.shard.id] = shard_rows.get(part.shard.id, 0) + part.chunk.rows
     final_paths = ReducePaths(final)
+    check_final(final_paths, paths)
     _prepare_final(final_paths)
     plan = plan_reduce(paths.root, final_paths.root, manifest, shard_rows, schema, options, workers)
     write_plan(plan)

@@ -142,13 +142,11 @@ def _run(command: list[str]) -> str:
     return result.stdout
 
 
-def sbatch_test_only(script: str) -> str:
-    """sbatch --test-only on the script: when and where SLURM would start it, or its objection."""
+def sbatch_test_only(script: str) -> tuple[bool, str]:
+    """sbatch --test-only on the script: whether SLURM accepts it, and when and where it would
+    start it, or its objection."""
     result = subprocess.run(["sbatch", "--test-only"], input=script, capture_output=True, text=True, timeout=60)
-    message = (result.stderr or result.stdout).strip()
-    if result.returncode != 0:
-        raise CapsfusError(f"sbatch --test-only refused the script: {message}")
-    return message
+    return result.returncode == 0, "; ".join((result.stderr or result.stdout).split("\n")).strip("; ")
 
 
 def slurm_reachable() -> bool:

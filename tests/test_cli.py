@@ -84,6 +84,9 @@ def test_a_failed_task_is_reported_with_its_shard_and_file(tmp_path, real_record
     write_parquet(source, with_urls(real_records[:11]))
     result = capsfus("submit", manifest, "-o", run, "--model", smoke_model, "--local", check=False)
     assert result.returncode == 1 and "1 task(s) failed" in result.stderr and str(source) in result.stderr
+    watched = subprocess.run([sys.executable, "-m", "capsfus_hpc", "status", run, "--watch", "1"], capture_output=True,
+                             text=True, timeout=60)  # nothing is left to happen: the watch ends, and says why
+    assert watched.returncode == 1 and "1 shard(s) failed or damaged" in watched.stderr
     status = json.loads(capsfus("status", run, "--json").stdout)
     assert status["shards"][0]["state"] == "failed" and f"input {source} changed" in status["shards"][0]["error"]
 
@@ -123,14 +126,23 @@ def test_user_mistakes_end_in_one_line_that_names_them(tmp_path, real_records):
     capsfus("manifest", "build", source, "-o", tmp_path / "m.json")
     result = capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run", "--model", "x", "--partition", "nosuch",
                      check=False)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == \
-        "error: sbatch refused the job: sbatch: error: Batch job submission failed: Invalid partition name specified"
+    assert_one_line_error(result, "sbatch --test-only refused array 0: ", "Invalid partition name specified")
+    assert not (tmp_path / "run").exists()  # nothing written: the corrected command is not refused for its settings
+    capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run", "--model", "x", "--greedy", "--dry-run")
+    dry = capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run", "--model", "x", "--partition", "nosuch",
+                  "--dry-run", check=False)
+    assert dry.returncode == 1 and "#SBATCH --partition=nosuch" in dry.stdout  # the script, and why it was refused
+    assert "# sbatch --test-only REFUSED: sbatch: error: invalid partition" in dry.stdout
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "notes.txt").write_text("mine")
+    busy = capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run", "--model", "x", "--then-reduce",
+                   tmp_path / "elsewhere", "--dry-run", check=False)
+    assert_one_line_error(busy, "elsewhere is not empty and holds no earlier reduce output")
     typo = capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run2", "--model", "./smoke-modle", "--local",
                    check=False)  # a path, which must not be taken for a hub id
     assert_one_line_error(typo, "--model ./smoke-modle: no such folder")
-    named = capsfus("status", tmp_path / "run" / "run.json", check=False)  # the file, not its folder
-    assert_one_line_error(named, "run.json: not a run folder")
+    named = capsfus("status", tmp_path / "m.json", check=False)  # a file, not a run folder
+    assert_one_line_error(named, "m.json: not a run folder")
 
 
 def test_dry_run_and_then_reduce_are_refused_with_local(tmp_path, real_records):

@@ -65,6 +65,18 @@ def test_reduce_is_byte_identical_when_run_again(tmp_path, finished_run, _run_al
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
 
+def test_the_dataset_of_another_run_is_not_replaced(tmp_path, finished_run, _run_all, real_records, smoke_model):
+    _run_all(finished_run)
+    reduce_run(finished_run, tmp_path / "final")
+    before = (tmp_path / "final" / DATA_FILE).read_bytes()
+    source = write_parquet(tmp_path / "other.parquet", with_urls(real_records[100:110]))
+    other = make_run(tmp_path, [source], smoke_model, 10, name="other")
+    _run_all(other)
+    with pytest.raises(CapsfusError, match=f"holds the reduce of another run \\({finished_run.root}\\)"):
+        reduce_run(other, tmp_path / "final")
+    assert (tmp_path / "final" / DATA_FILE).read_bytes() == before
+
+
 def test_a_caption_column_of_numbers_is_reduced_to_rejects_not_a_crash(tmp_path, real_records, smoke_model):
     rows = [{**row, "laion_2b": index} for index, row in enumerate(with_urls(real_records[:6]))]
     paths = make_run(tmp_path, [write_parquet(tmp_path / "numbers.parquet", rows)], smoke_model, 6)

@@ -118,7 +118,9 @@ def test_damaged_parts_are_found_by_checksum_and_only_they_are_regenerated(tmp_p
     untouched = {p.name: p.stat().st_mtime_ns for i, p in enumerate(parts) if i not in (2, 4)}
 
     assert json.loads(capsfus("status", run, "--json").stdout)["shards"][0]["state"] == "done"  # no reading without --verify
-    [shard] = json.loads(capsfus("status", run, "--json", "--verify").stdout)["shards"]
+    verified = capsfus("status", run, "--json", "--verify", check=False)
+    assert verified.returncode == 1 and "1 shard(s) failed or damaged" in verified.stderr  # a script can tell
+    [shard] = json.loads(verified.stdout)["shards"]
     assert shard["state"] == "damaged"
     assert "chunk 2 (rows 32-47), chunk 4 (rows 64-79) of shard 0" in shard["error"] and "resume" in shard["error"]
     refused = capsfus("reduce", run, "--final", tmp_path / "refused", check=False)
