@@ -96,9 +96,10 @@ def run_local(paths: RunPaths, groups: list[list[int]], workers: int = 1, timeou
 
 def submit_local(paths: RunPaths, shards_per_task: int = 1, workers: int = 1,
                  on_poll: Callable[[], None] | None = None) -> tuple[list[int], list[TaskOutcome]]:
-    """Run every shard of the run folder that is not done or running; returns (shards, outcomes)."""
+    """Run every shard of the run folder that is not done, running, or queued in SLURM; returns
+    (shards, outcomes)."""
     _, manifest = load_run(paths)
-    shard_ids = shards_to_run(gather_status(paths, manifest, slurm=False, verify=True))
+    shard_ids = shards_to_run(gather_status(paths, manifest, verify=True))
     return shard_ids, run_local(paths, group_shards(shard_ids, shards_per_task), workers, on_poll=on_poll)
 
 

@@ -173,6 +173,20 @@ def test_a_cancelled_shard_shows_cancelled_and_resume_resubmits_exactly_it(tmp_p
     assert_same_dataset_as_an_undisturbed_run(tmp_path, run, manifest, options, 90)
 
 
+def test_a_local_submit_leaves_the_shards_slurm_has_queued(tmp_path, real_records, smoke_model):
+    manifest = manifest_of(tmp_path, with_urls(real_records[:40]), 20)
+    run = tmp_path / "run"
+    options = ["--model", smoke_model, "--greedy", "--max-new-tokens", 4]
+    capsfus("submit", manifest, "-o", run, *options, *CHEAP, "--sbatch-arg=--begin=now+3600")  # held an hour
+    [entry] = ledger.read(RunPaths(run).ledger)
+    try:
+        assert [s["state"] for s in status_of(run)["shards"]] == ["pending", "pending"]
+        local = json.loads(capsfus("submit", manifest, "-o", run, *options, "--local", "--json").stdout)
+        assert local["shards_run"] == []  # not run a second time here
+    finally:
+        subprocess.run(["scancel", entry.job_id], check=True)
+
+
 def test_status_without_accounting_still_works_and_says_so(tmp_path, real_records, smoke_model):
     manifest = manifest_of(tmp_path, with_urls(real_records[:20]), 10)
     run = tmp_path / "run"
