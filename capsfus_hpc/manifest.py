@@ -158,6 +158,13 @@ def build_manifest(
     if not inputs:
         raise CapsfusError("no input files given")
     output = output.absolute()
+    if output.is_dir():
+        raise CapsfusError(f"-o {output}: is a folder; name the manifest file, e.g. {output / 'manifest.json'}")
+    seen: set[Path] = set()
+    for given in inputs:  # overlapping globs would fuse every row of a file twice
+        if (resolved := Path(given).resolve()) in seen:
+            raise CapsfusError(f"{given} is given more than once; list each input file once")
+        seen.add(resolved)
     files: list[InputFile] = []
     shards: list[Shard] = []
     schema: pa.Schema | None = None
@@ -180,6 +187,8 @@ def build_manifest(
         row_id += footer.num_rows
         if on_file:
             on_file(source)
+    if row_id == 0:
+        raise CapsfusError(f"the inputs hold no rows: {', '.join(str(f.source) for f in files)}")
     manifest = Manifest(columns, rows_per_shard, tuple(files), tuple(shards))
     atomic_write_json(output, manifest.as_dict())
     return manifest

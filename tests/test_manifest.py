@@ -1,6 +1,7 @@
 import json
 import os
 
+import pyarrow.parquet as pq
 import pytest
 
 from capsfus_hpc.columns import ColumnMapping
@@ -62,6 +63,19 @@ def test_missing_column_names_column_and_file(tmp_path, real_records):
     path = write_parquet(tmp_path / "nococo.parquet", [{"laion_2b": r["laion_2b"]} for r in real_records[:5]])
     with pytest.raises(CapsfusError, match=r"nococo.parquet: missing synthetic caption column 'laion_coco'"):
         build_manifest([path], tmp_path / "m.json", 10)
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_a_file_twice_an_empty_input_and_a_folder_for_output_are_refused(tmp_path, real_records):
+    path = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:5]))
+    with pytest.raises(CapsfusError, match=r"a.parquet is given more than once"):
+        build_manifest([path, tmp_path / "." / "a.parquet"], tmp_path / "m.json", 10)
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pq.read_table(path).slice(0, 0), empty)
+    with pytest.raises(CapsfusError, match=r"the inputs hold no rows: .*empty.parquet"):
+        build_manifest([empty], tmp_path / "m.json", 10)
+    with pytest.raises(CapsfusError, match=r"is a folder; name the manifest file"):
+        build_manifest([path], tmp_path, 10)
     assert not (tmp_path / "m.json").exists()
 
 
