@@ -72,17 +72,28 @@ TUNABLE = ("num_beams", "max_new_tokens", "max_prompt_tokens", "dtype", "device_
            "prefix_cache", "chunk_rows", "window_rows", "max_caption_chars", "trust_remote_code")
 
 
+SAMPLE_BYTES = 2**20
+
+
 def model_revision(model: str, revision: str | None) -> str | None:
-    """A hub id keeps the user's revision; a local folder is identified by its files."""
+    """A hub id keeps the user's revision; a local folder is identified by its files: names and
+    sizes, JSON files whole, and the first and last MiB of the others (weights re-saved at the same
+    size differ there; reading them whole would take minutes for a 13B model at every resume)."""
     folder = Path(model)
     if not folder.is_dir():
         return revision
     digest = hashlib.sha256()
     for path in sorted(folder.iterdir()):
         if path.is_file():
-            digest.update(f"{path.name}:{path.stat().st_size}\n".encode())
-            if path.suffix == ".json":
-                digest.update(path.read_bytes())
+            size = path.stat().st_size
+            digest.update(f"{path.name}:{size}\n".encode())
+            with path.open("rb") as handle:
+                if path.suffix == ".json" or size <= 2 * SAMPLE_BYTES:
+                    digest.update(handle.read())
+                else:
+                    digest.update(handle.read(SAMPLE_BYTES))
+                    handle.seek(-SAMPLE_BYTES, 2)
+                    digest.update(handle.read())
     return "local:" + digest.hexdigest()[:16]
 
 

@@ -62,3 +62,24 @@ def test_a_manifest_changed_after_the_run_started_is_refused(tmp_path, manifest_
 def test_a_folder_without_run_json_is_named(tmp_path):
     with pytest.raises(CapsfusError, match="not a run folder"):
         load_run(RunPaths(tmp_path))
+
+
+def test_a_local_model_is_identified_by_its_weights_not_only_their_sizes(tmp_path, smoke_model):
+    import shutil
+
+    from capsfus_hpc.settings import model_revision
+
+    copy = tmp_path / "copy"
+    shutil.copytree(smoke_model, copy)
+    assert model_revision(str(copy), None) == model_revision(str(smoke_model), None)  # a copy is the same model
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 1  # re-saved weights of the same shape: same size, other values
+    weights.write_bytes(bytes(data))
+    assert model_revision(str(copy), None) != model_revision(str(smoke_model), None)
+    big = copy / "model-00001-of-00002.safetensors"
+    big.write_bytes(bytes(8 * 2**20))
+    before = model_revision(str(copy), None)
+    with big.open("r+b") as handle:
+        handle.write(b"\x01")  # a large file is sampled at both ends
+    assert model_revision(str(copy), None) != before
