@@ -53,6 +53,13 @@ def _read(path: Path) -> Lease | None:
         return Lease(-1, None, "?", -1, 0.0)  # unreadable: a writer died mid-write; stale
 
 
+def abandoned(path: Path) -> Lease | None:
+    """The shard's lease if its holder stopped renewing it (heartbeat older than the timeout):
+    whatever the scheduler can say, that writer is gone."""
+    lease = _read(path)
+    return lease if lease is not None and time.time() - lease.heartbeat > timeout_s() else None
+
+
 def _stale(lease: Lease, job_id: str | None) -> bool:
     if time.time() - lease.heartbeat > timeout_s():
         return True

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import ledger, scheduler
 from .integrity import damage_report, damaged_chunks
+from .lease import abandoned
 from .manifest import Manifest
 from .paths import RunPaths
 from .progress import ProgressRecord, read_progress
@@ -128,14 +129,20 @@ def read_records(paths: RunPaths, manifest: Manifest) -> dict[int, ProgressRecor
     return records
 
 
-def local_tasks(records: dict[int, ProgressRecord]) -> dict[int, TaskState]:
-    """For attempts still open on this host, whether their process is alive."""
+def worker_tasks(paths: RunPaths, records: dict[int, ProgressRecord]) -> dict[int, TaskState]:
+    """What the run folder says of attempts still open: on this host, whether their process is
+    alive; elsewhere, gone if their lease's heartbeat stopped (where SLURM knows more, it wins)."""
     host = socket.gethostname()
     tasks = {}
     for shard_id, record in records.items():
         attempt = record.last_attempt
-        if attempt and attempt.ended_at is None and attempt.host == host:
-            tasks[shard_id] = TaskState(attempt.job_id or str(attempt.pid), "RUNNING" if _alive(attempt.pid) else GONE)
+        if not attempt or attempt.ended_at is not None:
+            continue
+        job = attempt.job_id or str(attempt.pid)
+        if attempt.host == host:
+            tasks[shard_id] = TaskState(job, "RUNNING" if _alive(attempt.pid) else GONE)
+        elif abandoned(paths.lease(shard_id)):
+            tasks[shard_id] = TaskState(job, GONE)
     return tasks
 
 
@@ -160,7 +167,7 @@ def gather_status(paths: RunPaths, manifest: Manifest, slurm: bool | None = None
         for shard_id, record in records.items():
             if bad := damaged_chunks(paths, record):
                 damaged[shard_id] = damage_report(paths, record, bad)
-    tasks = local_tasks(records)
+    tasks = worker_tasks(paths, records)
     entries = ledger.read(paths.ledger)
     view = scheduler.query(entries) if entries and slurm is not False else scheduler.SchedulerView()
     tasks.update(view.tasks)

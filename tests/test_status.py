@@ -1,3 +1,6 @@
+import json
+import time
+
 from capsfus_hpc.columns import ColumnMapping
 from capsfus_hpc.fingerprint import Fingerprint
 from capsfus_hpc.manifest import InputFile, Manifest, Shard
@@ -82,3 +85,25 @@ def test_all_done_is_complete():
     records = {i: _record(i, 2, FINISHED) for i in range(5)}
     status = derive_status(MANIFEST, records, {})
     assert status.complete and status.counts[DONE] == 5 and status.rate is None and status.eta_s is None
+
+
+def test_a_worker_on_another_node_whose_lease_went_stale_is_failed_not_running(tmp_path, real_records, smoke_model):
+    from capsfus_hpc.progress import write_progress
+    from capsfus_hpc.settings import load_run
+    from capsfus_hpc.status import gather_status
+
+    from .conftest import make_run, with_urls, write_parquet
+
+    paths = make_run(tmp_path, [write_parquet(tmp_path / "a.parquet", with_urls(real_records[:20]))], smoke_model, 10)
+    _, manifest = load_run(paths)
+    for shard in (0, 1):
+        record = ProgressRecord.new(manifest.shard(shard)).with_attempt(Attempt(0.0, "gpu-node-17", 4242, f"7_{shard}"))
+        paths.shard_dir(shard).mkdir(parents=True, exist_ok=True)
+        write_progress(paths.progress(shard), record)
+    heartbeat = time.time() - 700  # the lease timeout is 600 s
+    paths.lease(0).write_text(json.dumps({"shard": 0, "job_id": "7_0", "host": "gpu-node-17", "pid": 4242,
+                                          "heartbeat": heartbeat}))  # stopped renewing 700 s ago
+    paths.lease(1).write_text(json.dumps({"shard": 1, "job_id": "7_1", "host": "gpu-node-17", "pid": 4242,
+                                          "heartbeat": heartbeat + 650}))  # 50 s ago: at work
+    states = [(s.state, s.error) for s in gather_status(paths, manifest, slurm=False).shards]
+    assert states == [(FAILED, "the worker process died without reporting (killed or crashed)"), (RUNNING, None)]
