@@ -285,6 +285,8 @@ def status(
 
     Example: capsfus-hpc status runs/laion --verify
     """
+    if as_json and watch is not None:
+        raise CapsfusError("--watch refreshes a table; for scripts, call 'status --json' at your own interval")
     paths = RunPaths(run_dir)
     _, manifest = load_run(paths)
 
@@ -323,14 +325,14 @@ def reduce(
     allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Assemble an incomplete run; stats.json lists the missing rows.")] = False,
     dedup_caption: Annotated[bool, typer.Option("--dedup-caption", help="Also drop rows whose normalised fused caption was seen before.")] = False,
     write_duplicates: Annotated[bool, typer.Option("--write-duplicates", help="Write duplicates.parquet: each dropped row and the row it duplicates.")] = False,
-    near_dup: Annotated[Optional[float], typer.Option("--near-dup", help="Also drop captions this Jaccard-similar (word 3-grams, MinHash) to an earlier kept one, e.g. 0.9; needs capsfus-hpc[near-dup], in memory, for runs of a few million rows.")] = None,
+    near_dup: Annotated[Optional[float], typer.Option("--near-dup", help="Also drop captions this Jaccard-similar (word 3-grams, MinHash) to an earlier kept one, e.g. 0.9; needs capsfus-hpc\\[near-dup], in memory, for runs of a few million rows.")] = None,
     target_file_mb: Annotated[int, typer.Option(help="Start a new data file past this size.")] = 512,
     rules: Annotated[Optional[Path], typer.Option(help="JSON file of caption rule thresholds (see capsfus_hpc/caption_rules.py).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Processes to use (default: the CPUs this process may use); with --slurm, about how many tasks each stage gets.")] = None,
     on_slurm: Annotated[bool, typer.Option("--slurm", help="Run the reduce as SLURM arrays (keys, dedup, assemble) instead of here.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="With --slurm: wait for the dataset and print its stats.")] = False,
     partition: opt.Partition = None, account: opt.Account = None, qos: opt.Qos = None,
-    time_limit: opt.Time = None, cpus: opt.Cpus = None, mem: opt.Mem = None,
+    time_limit: opt.ReduceTime = None, cpus: opt.Cpus = None, mem: opt.Mem = None,
     sbatch_arg: opt.SbatchArg = None,
     as_json: opt.JsonFlag = False,
 ):
@@ -340,6 +342,8 @@ def reduce(
 
     Example: capsfus-hpc reduce runs/laion --final datasets/laion-capsfusion --slurm --workers 32 --partition cpu --wait
     """
+    if wait and not on_slurm:
+        raise CapsfusError("--wait is for --slurm (a reduce here always waits)")
     paths = RunPaths(run_dir)
     _, manifest = load_run(paths)
     options = ReduceOptions(allow_partial=allow_partial, dedup_caption=dedup_caption,
