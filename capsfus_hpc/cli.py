@@ -7,7 +7,6 @@ import json
 import logging
 import shlex
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,12 +14,12 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from . import __version__, ledger
+from . import __version__
 from .columns import ColumnMapping
 from .display import plan_document, plan_text, row_progress, safe, stats_table, status_table
 from .errors import CapsfusError
 from .permissions import restrict_umask
-from .launch import prepare_slurm, refusal, submit_local, submit_plan, validate_plan
+from .launch import prepare_slurm, refusal, slurm_options_for, submit_local, submit_plan, validate_plan
 from .manifest import DEFAULT_ROWS_PER_SHARD, build_manifest
 from . import options as opt
 from .paths import ReducePaths, RunPaths
@@ -105,25 +104,11 @@ def _run_command(paths: RunPaths, manifest: Path, model: str, revision: Optional
         if options.get(key) is None:
             options[key] = value
     requested = requested_settings(manifest, model, revision, **options)
-    slurm_options = _slurm_options(paths, profile, given)
+    slurm_options = slurm_options_for(paths, profile.slurm if profile else {}, given)
     _launch(paths, requested, {k for k, v in options.items() if v is not None}, local=given["local"],
             dry_run=given["dry_run"], workers=given["workers"], shards_per_task=given["shards_per_task"],
             slurm_options=slurm_options, samples_per_s=given["samples_per_s"], then_reduce=given["then_reduce"],
             as_json=given["as_json"])
-
-
-def _slurm_options(paths: RunPaths, profile, given: dict) -> SlurmOptions:
-    """The options of the run's latest fusion job (none before the first), then the profile's,
-    then those given: a resume keeps the partition, account and resources it does not change."""
-    options = dict(ledger.latest_fuse_options(ledger.read(paths.ledger)) or {})
-    options.update(profile.slurm if profile else {})
-    renamed = {"signal_delay": "signal_delay_s", "sbatch_arg": "extra"}
-    for name in ("time", "gpus", "cpus", "mem", "partition", "account", "qos", "constraint", "array_parallelism",
-                 "signal_delay", "max_requeues", "sbatch_arg"):
-        if given[name] is not None:
-            options[renamed.get(name, name)] = given[name]
-    known = {f.name for f in fields(SlurmOptions)}
-    return SlurmOptions(**{**{k: v for k, v in options.items() if k in known}, "extra": tuple(options.get("extra", ()))})
 
 
 def _launch(paths: RunPaths, requested, given: set[str], *, local: bool, dry_run: bool, workers: int,
@@ -142,15 +127,16 @@ def _launch(paths: RunPaths, requested, given: set[str], *, local: bool, dry_run
     plan, reachable = prepare_slurm(paths, Path(requested.manifest), slurm_options, shards_per_task, samples_per_s,
                                     then_reduce)
     checks = validate_plan(plan, reachable)
+    refused = refusal(checks)
     if dry_run:
         _print_plan(plan, checks, as_json)
-        if refusal(checks):
-            raise CapsfusError(refusal(checks))
+        if refused:
+            raise CapsfusError(refused)
         return
     if not reachable:
         raise CapsfusError("SLURM does not answer (sinfo failed); run on a login node, or use --local")
-    if refusal(checks):
-        raise CapsfusError(refusal(checks))
+    if refused:
+        raise CapsfusError(refused)
     open_or_create(paths, requested, given)
     entries = submit_plan(paths, plan, then_reduce)
     if as_json:

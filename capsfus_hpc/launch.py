@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import submitit
@@ -120,6 +120,21 @@ class SlurmPlan:
 
     def scripts(self) -> list[str]:
         return [render_sbatch(spec) for spec in (*self.specs, *([self.reduce_spec] if self.reduce_spec else []))]
+
+
+def slurm_options_for(paths: RunPaths, profile: dict, given: dict) -> SlurmOptions:
+    """The options of the run's latest fusion job (none before the first), then the profile's,
+    then those given (a command's options, None where not given): a resume keeps the partition,
+    account and resources it does not change."""
+    options = dict(ledger.latest_fuse_options(ledger.read(paths.ledger)) or {})
+    options.update(profile)
+    renamed = {"signal_delay": "signal_delay_s", "sbatch_arg": "extra"}
+    for name in ("time", "gpus", "cpus", "mem", "partition", "account", "qos", "constraint", "array_parallelism",
+                 "signal_delay", "max_requeues", "sbatch_arg"):
+        if given[name] is not None:
+            options[renamed.get(name, name)] = given[name]
+    known = {f.name for f in fields(SlurmOptions)}
+    return SlurmOptions(**{**{k: v for k, v in options.items() if k in known}, "extra": tuple(options.get("extra", ()))})
 
 
 def plan_slurm(paths: RunPaths, status: RunStatus, options: SlurmOptions, shards_per_task: int, max_tasks: int,
