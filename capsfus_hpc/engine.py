@@ -104,10 +104,8 @@ class FusionEngine:
         encoded = self.prompts.encode(pairs)
         room = None if self.context is None else self.context - self.max_new_tokens
         fit = [i for i, ids in enumerate(encoded) if room is None or len(ids) <= room]
-        if len(fit) == len(encoded):
-            return self.fuse_encoded(encoded, before_batch)
         fused = dict(zip(fit, self.fuse_encoded([encoded[i] for i in fit], before_batch)))
-        return [fused[i] if i in fused else PromptTooLong(len(encoded[i]), room) for i in range(len(encoded))]
+        return [fused.get(i) or PromptTooLong(len(ids), room) for i, ids in enumerate(encoded)]
 
     def fuse_encoded(self, encoded: list[list[int]],
                      before_batch: Callable[[float | None], None] | None = None) -> list[Fusion]:

@@ -57,11 +57,15 @@ def abandoned(path: Path) -> Lease | None:
     """The shard's lease if its holder stopped renewing it (heartbeat older than the timeout):
     whatever the scheduler can say, that writer is gone."""
     lease = _read(path)
-    return lease if lease is not None and time.time() - lease.heartbeat > timeout_s() else None
+    return lease if lease is not None and _expired(lease) else None
+
+
+def _expired(lease: Lease) -> bool:
+    return time.time() - lease.heartbeat > timeout_s()
 
 
 def _stale(lease: Lease, job_id: str | None) -> bool:
-    if time.time() - lease.heartbeat > timeout_s():
+    if _expired(lease):
         return True
     if job_id is not None and lease.job_id == job_id:
         return True  # our own task before SLURM requeued it (after a node failure, say)

@@ -146,7 +146,8 @@ def sbatch_test_only(script: str) -> tuple[bool, str]:
     """sbatch --test-only on the script: whether SLURM accepts it, and when and where it would
     start it, or its objection."""
     result = subprocess.run(["sbatch", "--test-only"], input=script, capture_output=True, text=True, timeout=60)
-    return result.returncode == 0, "; ".join((result.stderr or result.stdout).split("\n")).strip("; ")
+    lines = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+    return result.returncode == 0, "; ".join(lines)  # one line: it goes into an error line and a script comment
 
 
 def slurm_reachable() -> bool:
