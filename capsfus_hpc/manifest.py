@@ -175,6 +175,7 @@ def build_manifest(
         footer = read_footer(parquet_path)
         file_schema = footer.schema.to_arrow_schema()
         columns.check([n for n in file_schema.names if n != INPUT_ERROR], str(source), key_required)
+        _check_key_type(file_schema, columns.key, source)
         schema = _unify(schema, file_schema, source)
         group_rows = [footer.row_group(i).num_rows for i in range(footer.num_row_groups)]
         for start, stop in plan_shards(group_rows, rows_per_shard):
@@ -192,6 +193,16 @@ def build_manifest(
     manifest = Manifest(columns, rows_per_shard, tuple(files), tuple(shards))
     atomic_write_json(output, manifest.as_dict())
     return manifest
+
+
+def _check_key_type(file_schema: pa.Schema, key: str | None, source: Path) -> None:
+    """Keys are compared as text: strings, and integers (ids) written as text, but nothing nested."""
+    if key is None or key not in file_schema.names:
+        return
+    kind = file_schema.field(key).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)):
+        raise CapsfusError(f"{source}: key column '{key}' is {kind}, not a string or integer column; "
+                           f"name another with --key-column")
 
 
 def _unify(schema: pa.Schema | None, file_schema: pa.Schema, source: Path) -> pa.Schema:

@@ -85,6 +85,15 @@ def test_explicit_key_column_must_exist(tmp_path, real_records):
         build_manifest([path], tmp_path / "m.json", 10, ColumnMapping(key="url"), key_required=True)
 
 
+def test_a_key_column_of_lists_is_refused_naming_file_column_and_type(tmp_path, real_records):
+    rows = [{**row, "image_url": [index]} for index, row in enumerate(real_records[:5])]
+    path = write_parquet(tmp_path / "lists.parquet", rows)
+    with pytest.raises(CapsfusError, match=r"lists.parquet: key column 'image_url' is list<element: int64>, "
+                                           r"not a string or integer column; name another with --key-column"):
+        build_manifest([path], tmp_path / "m.json", 10)
+    assert not (tmp_path / "m.json").exists()
+
+
 def test_corrupt_input_is_refused_at_manifest_time_naming_the_file(tmp_path, real_records):
     path = write_parquet(tmp_path / "bad.parquet", with_urls(real_records[:50]))
     path.write_bytes(path.read_bytes()[:-100] + b"\0" * 96 + b"PAR1")

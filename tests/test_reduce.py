@@ -85,6 +85,15 @@ def test_a_caption_column_of_numbers_is_reduced_to_rejects_not_a_crash(tmp_path,
     assert stats["rows_out"] == 0 and stats["rejected"] == {"raw_caption_not_string": 6}
 
 
+def test_a_key_column_of_integers_deduplicates_on_their_text(tmp_path, real_records, smoke_model):
+    rows = [{**row, "image_url": [7, 8, 7, 9, 8, 7][index]} for index, row in enumerate(real_records[:6])]
+    paths = make_run(tmp_path, [write_parquet(tmp_path / "ids.parquet", rows)], smoke_model, 6)
+    run_with_official_captions(paths, real_records)
+    stats = reduce_run(paths, tmp_path / "final")
+    assert stats["duplicates_by_kind"] == {"duplicate_key": 3}
+    assert [r["image_url"] for r in pq.read_table(tmp_path / "final" / DATA_FILE).to_pylist()] == [7, 8, 9]
+
+
 def test_an_incomplete_run_is_refused_with_the_missing_shards(tmp_path, finished_run, real_records):
     settings, manifest = load_run(finished_run)
     engine = ReplayEngine(real_records)
