@@ -27,7 +27,7 @@ Local = Annotated[bool, typer.Option("--local", help="Run the tasks on this mach
 Workers = Annotated[int, typer.Option(help="With --local: tasks at once.", min=1)]
 ShardsPerTask = Annotated[int, typer.Option(help="Shards one task runs in turn.", min=1)]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the sbatch script(s) and the estimate; submit nothing, write nothing.")]
-Profile = Annotated[Optional[str], typer.Option(help="Cluster profile from slurm/profiles (A100-40G, A100-80G, A800-80G, H100-80G) or a .toml path.")]
+Profile = Annotated[Optional[str], typer.Option(help="Cluster profile (A100-40G, A100-80G, A800-80G, H100-80G) or a .toml path.")]
 Partition = Annotated[Optional[str], typer.Option(help="SLURM partition.")]
 Account = Annotated[Optional[str], typer.Option(help="SLURM account.")]
 Qos = Annotated[Optional[str], typer.Option(help="SLURM QOS.")]

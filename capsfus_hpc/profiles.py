@@ -1,5 +1,6 @@
-"""Cluster profiles: TOML files in slurm/profiles/ with sbatch resources and generation
-settings that suit one GPU type. Options given on the command line override them."""
+"""Cluster profiles: TOML files in capsfus_hpc/cluster_profiles/ (package data, so an installed
+wheel has them too) with sbatch resources and generation settings that suit one GPU type.
+Options given on the command line override them."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 
 from .errors import CapsfusError
 
-# A checkout keeps profiles in slurm/profiles/; CAPSFUS_PROFILE_DIR points elsewhere.
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "slurm" / "profiles"
+# CAPSFUS_PROFILE_DIR points at a site's own folder of profiles instead.
+PROFILE_DIR = Path(__file__).resolve().parent / "cluster_profiles"
 SLURM_KEYS = {"partition", "account", "qos", "time", "gpus", "cpus", "mem", "constraint"}
 GENERATION_KEYS = {"batch_size", "batch_tokens", "window_rows", "dtype"}
 

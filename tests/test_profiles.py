@@ -1,9 +1,18 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
 import pytest
 
 from capsfus_hpc.errors import CapsfusError
 from capsfus_hpc.profiles import load_profile, profile_names
 from capsfus_hpc.settings import DEFAULT_WINDOW_ROWS
 from capsfus_hpc.slurm import time_minutes
+
+from .conftest import REPO
 
 
 def test_the_four_gpu_profiles_load_with_sensible_settings():
@@ -26,3 +35,27 @@ def test_a_profile_file_with_an_unknown_key_is_refused(tmp_path):
     path.write_text('[slurm]\ngpus = 2\nnodes = 4\n')
     with pytest.raises(CapsfusError, match="unknown keys nodes"):
         load_profile(str(path))
+
+
+def test_an_installed_wheel_carries_the_profiles_and_the_prompt(tmp_path):
+    """Users pip-install on a login node: the profiles must not depend on a checkout beside the code."""
+    source = tmp_path / "source"  # a copy, so that the build leaves nothing in the checkout
+    shutil.copytree(REPO / "capsfus_hpc", source / "capsfus_hpc", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist"), str(source)], check=True, cwd=tmp_path)
+    (wheel,) = (tmp_path / "dist").glob("capsfus_hpc-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(tmp_path / "site")
+    probe = ("import json, pathlib; from capsfus_hpc import profiles, prompt; "
+             "print(json.dumps([str(pathlib.Path(profiles.__file__).parent), profiles.profile_names(), "
+             "profiles.load_profile('H100-80G').slurm['gpus'], prompt.template()]))")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    env.pop("CAPSFUS_PROFILE_DIR", None)
+    shown = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    where, names, gpus, template = json.loads(shown.stdout)
+    assert where == str(tmp_path / "site" / "capsfus_hpc")
+    assert names == profile_names() and gpus == 1
+    assert template == (REPO / "capsfus_hpc" / "capsfusion_prompt.txt").read_text(encoding="utf-8")
