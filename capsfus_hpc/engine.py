@@ -31,6 +31,16 @@ EOS = "eos"
 LENGTH = "length"
 
 
+# Allocations outside PyTorch's caching allocator fail as plain RuntimeErrors (AcceleratorError):
+# cuBLAS creating a handle or workspace for a new batch shape, or a raw CUDA allocation.
+_OUT_OF_MEMORY_ERRORS = ("CUBLAS_STATUS_ALLOC_FAILED", "CUDA error: out of memory")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether an error is the GPU running out of memory, which a smaller batch avoids."""
+    return isinstance(exc, torch.OutOfMemoryError) or any(text in str(exc) for text in _OUT_OF_MEMORY_ERRORS)
+
+
 @dataclass(frozen=True)
 class Fusion:
     fused_caption: str
@@ -124,8 +134,8 @@ class FusionEngine:
             batch = order[begin : begin + size]
             try:
                 fusions = self._generate([encoded[i] for i in batch])
-            except torch.OutOfMemoryError:
-                if len(batch) == 1:
+            except RuntimeError as exc:
+                if len(batch) == 1 or not out_of_memory(exc):
                     raise
                 fusions = None
             if fusions is None:  # out of the except block, so the failed attempt's tensors are freed

@@ -1,3 +1,5 @@
+import pytest
+
 from capsfus_hpc.engine import EOS, LENGTH, FusionEngine
 from capsfus_hpc.faults import FAULT_ENV
 
@@ -66,3 +68,27 @@ def test_out_of_memory_halves_the_token_budget_and_short_prompts_keep_large_batc
     engine.fuse_encoded(shortest)
     assert sizes[0][0] > 2  # a budget, not a count: short prompts still go more than two to a batch
     assert all(n * (longest + 4) <= engine.fitted_tokens for n, longest in sizes)
+
+
+def test_cublas_and_raw_cuda_allocation_failures_halve_the_budget_too_and_other_errors_do_not(smoke_model, pairs):
+    # cuBLAS and raw CUDA allocations fail as plain RuntimeErrors; none can be caused on a CPU.
+    engine = load_engine(smoke_model, num_beams=1, max_new_tokens=4, batch_size=64)
+    longest = sorted(engine.prompts.encode(pairs), key=len)[-4:]
+    plain, generate = engine.fuse_encoded(longest), engine._generate
+    for message in ("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+                    "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"):
+        engine.batch_tokens = engine.fitted_tokens = None
+        sizes = []
+
+        def failing(prompts, message=message):
+            sizes.append(len(prompts))
+            if len(prompts) > 2:
+                raise RuntimeError(message)
+            return generate(prompts)
+
+        engine._generate = failing
+        assert engine.fuse_encoded(longest) == plain
+        assert sizes == [4, 2, 2] and engine.fitted_tokens == 2 * (len(longest[-1]) + 4)
+    engine._generate = lambda prompts: (_ for _ in ()).throw(RuntimeError("CUDA error: an illegal memory access"))
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        engine.fuse_encoded(longest)
