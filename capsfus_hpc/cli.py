@@ -28,7 +28,7 @@ from .caption_rules import CaptionRules
 from .reduce import STATS_FILE, ReduceOptions, check_final, load_rules, reduce_run
 from .settings import load_run, load_settings, open_or_create, requested_settings
 from .slurm import SlurmOptions
-from .status import DAMAGED, FAILED, PENDING, RUNNING, gather_status
+from .status import DAMAGED, FAILED, gather_status
 from .worker import run_shards
 
 app = typer.Typer(
@@ -255,6 +255,17 @@ def _log_tails(paths: RunPaths, run_status, lines: int = 4) -> dict[int, str]:
     return tails
 
 
+def _reduce_logs(paths: RunPaths, run_status) -> dict[str, str]:
+    """Where each failed reduce job's log is: the task's stderr, or a reduce --slurm stage's folder."""
+    logs = {}
+    for job in run_status.reduce_jobs:
+        if job.failed:
+            log = ReducePaths(Path(job.final)).logs if job.stage and job.final else paths.task_stderr(job.job_id)
+            if log.exists():
+                logs[job.job_id] = str(log)
+    return logs
+
+
 @app.command()
 @user_errors
 def status(
@@ -278,11 +289,13 @@ def status(
 
     def table():
         run_status = gather_status(paths, manifest, verify=verify)
-        return run_status, status_table(run_status, f"run {paths.root}", _log_tails(paths, run_status))
+        return run_status, status_table(run_status, f"run {paths.root}", _log_tails(paths, run_status),
+                                        _reduce_logs(paths, run_status))
 
     if as_json:
         run_status = gather_status(paths, manifest, verify=verify)
-        print_json({**run_status.as_dict(), "log_tails": _log_tails(paths, run_status)})
+        print_json({**run_status.as_dict(), "log_tails": _log_tails(paths, run_status),
+                    "reduce_logs": _reduce_logs(paths, run_status)})
     elif watch is None:
         run_status, rendered = table()
         console.print(rendered)
@@ -292,7 +305,7 @@ def status(
                 while True:
                     run_status, rendered = table()
                     live.update(rendered, refresh=True)
-                    if not run_status.counts[PENDING] and not run_status.counts[RUNNING]:
+                    if run_status.settled:
                         break  # done, or all that is left failed: nothing more will happen
                     time.sleep(max(watch, 1.0))
             except KeyboardInterrupt:

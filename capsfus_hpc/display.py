@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .scheduler import ReduceJobState
 from .status import DAMAGED, DONE, FAILED, RUNNING, RunStatus
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -34,8 +35,10 @@ def duration(seconds: float | None) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
-def status_table(status: RunStatus, title: str, log_tails: dict[int, str] | None = None) -> Table:
-    """Per-shard table; `log_tails` adds the last stderr lines of failed shards."""
+def status_table(status: RunStatus, title: str, log_tails: dict[int, str] | None = None,
+                 reduce_logs: dict[str, str] | None = None) -> Table:
+    """Per-shard table; `log_tails` adds the last stderr lines of failed shards, `reduce_logs`
+    where a failed reduce job's log is."""
     table = Table(title=safe(title), show_lines=False)
     for column, justify in (("shard", "right"), ("rows", "right"), ("ok", "right"), ("state", "left"),
                             ("slurm", "left"), ("tries", "right"), ("requeues", "right"), ("rows/s", "right"),
@@ -56,10 +59,22 @@ def status_table(status: RunStatus, title: str, log_tails: dict[int, str] | None
     caption = f"{status.rows_done}/{status.rows_total} rows, {status.ok_rows} ok; {counts}"
     if status.rate:
         caption += f"; rate {status.rate:.1f} rows/s, eta {duration(status.eta_s)}"
+    for job in status.reduce_jobs:
+        caption += "\n" + reduce_line(job, (reduce_logs or {}).get(job.job_id))
     if status.note:
         caption += f"\n{safe(status.note)}"
     table.caption = caption
     return table
+
+
+def reduce_line(job: ReduceJobState, log: str | None) -> str:
+    """e.g. 'reduce job 45 into /data/final: 1 COMPLETED'."""
+    what = f"reduce {job.stage} job" if job.stage else "reduce job"
+    states = ", ".join(f"{n} {state}" for state, n in sorted(job.states.items())) or "no SLURM state (no accounting)"
+    style = "red" if job.failed else "green" if set(job.states) == {"COMPLETED"} else "cyan" if job.active else ""
+    line = f"{what} {safe(job.job_id)}" + (f" into {safe(job.final)}" if job.final else "") + ": "
+    line += f"[{style}]{states}[/]" if style else states
+    return line + (f"; log: {safe(log)}" if log else "")
 
 
 @contextmanager

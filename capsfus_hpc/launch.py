@@ -188,5 +188,6 @@ def submit_plan(paths: RunPaths, plan: SlurmPlan, then_reduce: Path | None) -> l
         dependency = "afterany:" + ":".join(e.job_id for e in entries) if entries else None
         spec = replace(plan.reduce_spec, dependency=dependency)
         [task_id] = submit_array(spec, reduce_task, [(str(paths.root), str(then_reduce.absolute()))])
-        entries.append(ledger.append(paths.ledger, task_id, ledger.REDUCE, [(task_id, [])]))
+        entries.append(ledger.append(paths.ledger, task_id, ledger.REDUCE, [(task_id, [])],
+                                     final=str(then_reduce.absolute())))
     return entries

@@ -24,20 +24,23 @@ class Submission:
     tasks: tuple[tuple[str, tuple[int, ...]], ...]  # (task job id, shard ids)
     submitted_at: float
     slurm: dict | None = None  # slurm.SlurmOptions as a dict
+    final: str | None = None  # REDUCE: the folder the dataset goes to
+    stage: str | None = None  # REDUCE: keys, dedup or assemble (reduce --slurm); None for a whole reduce
 
     def as_dict(self) -> dict:
+        reduce = {name: value for name, value in (("final", self.final), ("stage", self.stage)) if value}
         return {"job_id": self.job_id, "kind": self.kind, "submitted_at": self.submitted_at,
-                "tasks": [[task, list(shards)] for task, shards in self.tasks], "slurm": self.slurm}
+                "tasks": [[task, list(shards)] for task, shards in self.tasks], "slurm": self.slurm, **reduce}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Submission":
         return cls(data["job_id"], data["kind"], tuple((t, tuple(s)) for t, s in data["tasks"]), data["submitted_at"],
-                   data.get("slurm"))
+                   data.get("slurm"), data.get("final"), data.get("stage"))
 
 
-def append(path: Path, job_id: str, kind: str, tasks: list[tuple[str, list[int]]], slurm: dict | None = None
-           ) -> Submission:
-    entry = Submission(job_id, kind, tuple((t, tuple(s)) for t, s in tasks), time.time(), slurm)
+def append(path: Path, job_id: str, kind: str, tasks: list[tuple[str, list[int]]], slurm: dict | None = None,
+           final: str | None = None, stage: str | None = None) -> Submission:
+    entry = Submission(job_id, kind, tuple((t, tuple(s)) for t, s in tasks), time.time(), slurm, final, stage)
     line = (json.dumps(entry.as_dict(), sort_keys=True) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:

@@ -52,7 +52,8 @@ def submit_reduce(paths: RunPaths, final: Path, options: ReduceOptions, slurm: S
         dependency = f"afterok:{jobs[-1].job_id}" if jobs else None
         task_ids = submit_array(spec_for(logs, slurm, len(arguments), dependency), function, arguments)
         jobs.append(ReduceJob(stage, task_ids[0].split("_")[0], len(arguments)))
-        ledger.append(paths.ledger, jobs[-1].job_id, ledger.REDUCE, [(t, []) for t in task_ids])
+        ledger.append(paths.ledger, jobs[-1].job_id, ledger.REDUCE, [(t, []) for t in task_ids],
+                      final=str(plan.final), stage=stage)
     return jobs
 
 

@@ -10,7 +10,7 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 
-from .ledger import Submission, latest_task_of_shard
+from .ledger import REDUCE, Submission, latest_task_of_shard
 
 PENDING_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING",
                   "SUSPENDED", "STOPPED"}
@@ -22,6 +22,8 @@ GONE = "GONE"  # a local task whose process is no longer there
 # Submitted, but in neither squeue nor sacct: SLURM 22.05 keeps no record of a pending array
 # task cancelled on its own.
 MISSING = "MISSING"
+# Pending behind a job that failed its afterok dependency: it will never start (reduce --slurm stages).
+NEVER_STARTS = "DEPENDENCY_NEVER_SATISFIED"
 
 
 @dataclass(frozen=True)
@@ -31,18 +33,38 @@ class TaskState:
 
 
 @dataclass(frozen=True)
+class ReduceJobState:
+    """A reduce job of the run (`submit --then-reduce`, or a stage of `reduce --slurm`)."""
+    job_id: str
+    final: str | None
+    stage: str | None  # keys, dedup, assemble; None for a whole reduce
+    states: dict[str, int]  # SLURM state -> tasks in it; empty where SLURM no longer says
+
+    @property
+    def active(self) -> bool:
+        return any(state in PENDING_STATES | RUNNING_STATES for state in self.states)
+
+    @property
+    def failed(self) -> bool:
+        return any(state in FAILURE_STATES | {MISSING, NEVER_STARTS} for state in self.states)
+
+
+@dataclass(frozen=True)
 class SchedulerView:
     tasks: dict[int, TaskState] = field(default_factory=dict)  # by shard id
     note: str | None = None  # what the view lacks, for the user
+    reduce_jobs: tuple[ReduceJobState, ...] = ()
 
 
 def parse_squeue(text: str) -> dict[str, str]:
-    """`squeue -h -r -o %i|%T` lines -> {task job id: state}."""
+    """`squeue -h -r -o %i|%T|%r` lines -> {task job id: state}; a task pending on a dependency
+    that can no longer be met is NEVER_STARTS."""
     states = {}
     for line in text.splitlines():
         if "|" in line:
-            job_id, state = line.strip().split("|", 1)
-            states[job_id] = state.strip()
+            job_id, state, *reason = line.strip().split("|", 2)
+            never = state.strip() == "PENDING" and reason and "DependencyNeverSatisfied" in reason[0]
+            states[job_id] = NEVER_STARTS if never else state.strip()
     return states
 
 
@@ -87,6 +109,23 @@ def shard_tasks(entries: list[Submission], squeue: dict[str, str], sacct: dict[s
     return tasks
 
 
+def reduce_jobs(entries: list[Submission], squeue: dict[str, str], sacct: dict[str, str] | None
+                ) -> tuple[ReduceJobState, ...]:
+    """Each reduce job of the ledger with how many of its tasks are in each state: squeue over
+    sacct, MISSING with accounting where neither knows a task."""
+    jobs = []
+    for entry in entries:
+        if entry.kind != REDUCE:
+            continue
+        states: dict[str, int] = {}
+        for task, _ in entry.tasks:
+            state = squeue.get(task) or (sacct or {}).get(task) or (MISSING if sacct is not None else None)
+            if state:
+                states[state] = states.get(state, 0) + 1
+        jobs.append(ReduceJobState(entry.job_id, entry.final, entry.stage, states))
+    return tuple(jobs)
+
+
 def _run(command: list[str]) -> tuple[bool, str]:
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=60)
@@ -99,11 +138,12 @@ def query(entries: list[Submission]) -> SchedulerView:
     """Ask squeue and sacct about the ledger's jobs."""
     if not entries:
         return SchedulerView()
-    ok, squeue_text = _run(["squeue", "-h", "-r", "--me", "-o", "%i|%T"])
+    ok, squeue_text = _run(["squeue", "-h", "-r", "--me", "-o", "%i|%T|%r"])
     if not ok:
         return SchedulerView(note=f"squeue failed ({squeue_text}); states come from the run folder only")
     job_ids = ",".join(entry.job_id for entry in entries)
     ok, sacct_text = _run(["sacct", "-X", "-n", "-P", "-j", job_ids, "--format=JobID,State"])
     note = None if ok else (f"no accounting (sacct: {sacct_text}); ended tasks show no SLURM state, "
                             "only what the run folder records")
-    return SchedulerView(shard_tasks(entries, parse_squeue(squeue_text), parse_sacct(sacct_text) if ok else None), note)
+    squeue, sacct = parse_squeue(squeue_text), parse_sacct(sacct_text) if ok else None
+    return SchedulerView(shard_tasks(entries, squeue, sacct), note, reduce_jobs(entries, squeue, sacct))

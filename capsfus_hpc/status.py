@@ -17,7 +17,7 @@ from .lease import abandoned
 from .manifest import Manifest
 from .paths import RunPaths
 from .progress import ProgressRecord, read_progress
-from .scheduler import FAILURE_STATES, GONE, MISSING, PENDING_STATES, RUNNING_STATES, TaskState
+from .scheduler import FAILURE_STATES, GONE, MISSING, PENDING_STATES, RUNNING_STATES, ReduceJobState, TaskState
 
 PENDING = "pending"
 RUNNING = "running"
@@ -53,10 +53,16 @@ class RunStatus:
     rate: float | None
     eta_s: float | None
     note: str | None = None  # what the scheduler view lacked
+    reduce_jobs: tuple[ReduceJobState, ...] = ()  # as SLURM sees them, in submission order
 
     @property
     def complete(self) -> bool:
         return self.counts[DONE] == len(self.shards)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing will change without a new command: no shard and no reduce job pending or running."""
+        return not self.counts[PENDING] and not self.counts[RUNNING] and not any(j.active for j in self.reduce_jobs)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -87,9 +93,10 @@ def _shard_state(record: ProgressRecord | None, task: TaskState | None) -> tuple
 
 
 def derive_status(manifest: Manifest, records: dict[int, ProgressRecord], tasks: dict[int, TaskState],
-                  note: str | None = None, damaged: dict[int, str] | None = None) -> RunStatus:
+                  note: str | None = None, damaged: dict[int, str] | None = None,
+                  reduce_jobs: tuple[ReduceJobState, ...] = ()) -> RunStatus:
     """The state of every shard from plain data: progress records, what the scheduler says, and
-    (when parts were verified) which shards hold damaged parts."""
+    (when parts were verified) which shards hold damaged parts; reduce jobs are passed through."""
     shards = []
     for shard in manifest.shards:
         record = records.get(shard.id)
@@ -116,7 +123,7 @@ def derive_status(manifest: Manifest, records: dict[int, ProgressRecord], tasks:
     return RunStatus(
         shards=tuple(shards), rows_total=rows_total, rows_done=rows_done,
         ok_rows=sum(s.ok_rows for s in shards), counts=counts, rate=rate,
-        eta_s=(rows_total - rows_done) / rate if rate else None, note=note,
+        eta_s=(rows_total - rows_done) / rate if rate else None, note=note, reduce_jobs=tuple(reduce_jobs),
     )
 
 
@@ -171,4 +178,4 @@ def gather_status(paths: RunPaths, manifest: Manifest, slurm: bool | None = None
     entries = ledger.read(paths.ledger)
     view = scheduler.query(entries) if entries and slurm is not False else scheduler.SchedulerView()
     tasks.update(view.tasks)
-    return derive_status(manifest, records, tasks, view.note, damaged)
+    return derive_status(manifest, records, tasks, view.note, damaged, view.reduce_jobs)

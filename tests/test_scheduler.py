@@ -1,10 +1,11 @@
-from capsfus_hpc.ledger import FUSE, Submission
-from capsfus_hpc.scheduler import parse_sacct, parse_squeue, shard_tasks
+from capsfus_hpc.ledger import FUSE, REDUCE, Submission
+from capsfus_hpc.scheduler import NEVER_STARTS, ReduceJobState, parse_sacct, parse_squeue, reduce_jobs, shard_tasks
 
 
 def test_squeue_lines_give_each_array_task_its_state():
-    assert parse_squeue("12_0|RUNNING\n12_3|PENDING\n15|PENDING\n") == {
-        "12_0": "RUNNING", "12_3": "PENDING", "15": "PENDING"}
+    assert parse_squeue("12_0|RUNNING|None\n12_3|PENDING|JobArrayTaskLimit\n15|PENDING|Dependency\n"
+                        "16_0|PENDING|DependencyNeverSatisfied\n17|RUNNING\n") == {
+        "12_0": "RUNNING", "12_3": "PENDING", "15": "PENDING", "16_0": NEVER_STARTS, "17": "RUNNING"}
 
 
 def test_sacct_states_are_read_per_task_and_grouped_records_expanded():
@@ -27,3 +28,18 @@ def test_a_submitted_task_unknown_to_squeue_and_sacct_is_missing_but_only_with_a
     with_accounting = shard_tasks(entries, {}, {"50_0": "COMPLETED"})
     assert (with_accounting[1].job_id, with_accounting[1].state) == ("50_1", "MISSING")
     assert shard_tasks(entries, {}, None) == {}
+
+
+def test_reduce_jobs_count_their_tasks_states_and_say_whether_they_are_active_or_failed():
+    entries = [Submission("60", FUSE, (("60_0", (0,)),), 1.0),
+               Submission("61", REDUCE, (("61", ()),), 1.0, final="/data/final"),
+               Submission("70", REDUCE, (("70_0", ()), ("70_1", ()), ("70_2", ())), 2.0, final="/f", stage="keys"),
+               Submission("71", REDUCE, (("71_0", ()),), 2.0, final="/f", stage="dedup")]
+    jobs = reduce_jobs(entries, {"70_2": "RUNNING", "71_0": NEVER_STARTS},
+                       {"60_0": "COMPLETED", "61": "COMPLETED", "70_0": "COMPLETED", "70_1": "FAILED"})
+    assert jobs == (ReduceJobState("61", "/data/final", None, {"COMPLETED": 1}),
+                    ReduceJobState("70", "/f", "keys", {"COMPLETED": 1, "FAILED": 1, "RUNNING": 1}),
+                    ReduceJobState("71", "/f", "dedup", {NEVER_STARTS: 1}))
+    assert [(job.active, job.failed) for job in jobs] == [(False, False), (True, True), (False, True)]
+    assert reduce_jobs(entries, {}, {})[0].states == {"MISSING": 1}
+    assert reduce_jobs(entries, {}, None)[0].states == {}  # no accounting: an ended task has no state

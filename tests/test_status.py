@@ -5,7 +5,8 @@ from capsfus_hpc.columns import ColumnMapping
 from capsfus_hpc.fingerprint import Fingerprint
 from capsfus_hpc.manifest import InputFile, Manifest, Shard
 from capsfus_hpc.progress import Attempt, ChunkRecord, ProgressRecord
-from capsfus_hpc.scheduler import GONE, TaskState
+from capsfus_hpc.display import reduce_line
+from capsfus_hpc.scheduler import GONE, ReduceJobState, TaskState
 from capsfus_hpc.status import DAMAGED, DONE, FAILED, PENDING, RUNNING, derive_status
 
 SCHEDULER_RUNNING, SCHEDULER_PENDING, SCHEDULER_GONE = (TaskState("7_1", "RUNNING"), TaskState("7_1", "PENDING"),
@@ -107,3 +108,23 @@ def test_a_worker_on_another_node_whose_lease_went_stale_is_failed_not_running(t
                                           "heartbeat": heartbeat + 650}))  # 50 s ago: at work
     states = [(s.state, s.error) for s in gather_status(paths, manifest, slurm=False).shards]
     assert states == [(FAILED, "the worker process died without reporting (killed or crashed)"), (RUNNING, None)]
+
+
+def test_a_run_is_settled_only_once_its_reduce_job_is_neither_pending_nor_running():
+    records = {i: _record(i, 2, FINISHED) for i in range(5)}
+    queued = ReduceJobState("61", "/data/final", None, {"PENDING": 1})
+    assert not derive_status(MANIFEST, records, {}, reduce_jobs=(queued,)).settled
+    ended = ReduceJobState("61", "/data/final", None, {"FAILED": 1})
+    status = derive_status(MANIFEST, records, {}, reduce_jobs=(ended,))
+    assert status.settled and list(status.as_dict()["reduce_jobs"]) == [
+        {"job_id": "61", "final": "/data/final", "stage": None, "states": {"FAILED": 1}}]
+    assert derive_status(MANIFEST, records, {}).settled
+    assert not derive_status(MANIFEST, {**records, 4: _record(4, 1, OPEN)}, {}).settled
+
+
+def test_a_reduce_job_reads_as_one_line_with_its_states_and_log():
+    assert reduce_line(ReduceJobState("61", "/data/final", None, {"COMPLETED": 1}), None) == (
+        "reduce job 61 into /data/final: [green]1 COMPLETED[/]")
+    assert reduce_line(ReduceJobState("70", "/f", "keys", {"FAILED": 1, "COMPLETED": 3}), "/f/.reduce/logs") == (
+        "reduce keys job 70 into /f: [red]3 COMPLETED, 1 FAILED[/]; log: /f/.reduce/logs")
+    assert reduce_line(ReduceJobState("62", None, None, {}), None) == "reduce job 62: no SLURM state (no accounting)"

@@ -10,6 +10,7 @@ from capsfus_hpc.slurm import SlurmOptions
 
 from ..conftest import make_run, run_with_official_captions, with_urls, write_parquet
 from ..test_cli import capsfus
+from .test_slurm_runs import status_of, wait_until
 
 OPTIONS = ReduceOptions(dedup_caption=True, write_duplicates=True, near_dup=0.9)
 
@@ -51,3 +52,12 @@ def test_reduce_slurm_command_waits_and_prints_the_stats(tmp_path, real_records,
     stats = json.loads(result.stdout)
     assert stats["rows_in"] == 90 == stats["rows_out"] + stats["rejected_total"] + stats["duplicates"]
     assert stats["rejected"]["synthetic_caption_empty"] == 1
+    # status follows the three stages' jobs until SLURM has them all COMPLETED
+    wait_until(lambda: all(job["states"] == {"COMPLETED": job["states"].get("COMPLETED", 0)}
+                           for job in status_of(paths.root)["reduce_jobs"]), 60, "the reduce jobs to end")
+    jobs = status_of(paths.root)["reduce_jobs"]
+    assert [(job["stage"], job["final"]) for job in jobs] == [(stage, str(tmp_path / "final"))
+                                                               for stage in ("keys", "dedup", "assemble")]
+    assert all(job["states"].get("COMPLETED", 0) >= 1 for job in jobs)
+    shown = capsfus("status", paths.root).stderr  # the table is for people: on stderr
+    assert f"reduce assemble job {jobs[2]['job_id']} into {tmp_path / 'final'}: 1 COMPLETED" in " ".join(shown.split())
