@@ -97,14 +97,18 @@ def parse_sacct(text: str) -> dict[str, str]:
     return {**grouped, **states}
 
 
+def _task_state(task: str, squeue: dict[str, str], sacct: dict[str, str] | None) -> str | None:
+    """squeue (live) over sacct (ended); with accounting, a task known to neither is MISSING."""
+    return squeue.get(task) or (sacct or {}).get(task) or (MISSING if sacct is not None else None)
+
+
 def shard_tasks(entries: list[Submission], squeue: dict[str, str], sacct: dict[str, str] | None) -> dict[int, TaskState]:
     """Each shard's latest task and its state: squeue (live) over sacct (ended).
 
     With accounting (sacct not None) a task known to neither is MISSING."""
     tasks = {}
     for shard, task in latest_task_of_shard(entries).items():
-        state = squeue.get(task) or (sacct or {}).get(task) or (MISSING if sacct is not None else None)
-        if state:
+        if state := _task_state(task, squeue, sacct):
             tasks[shard] = TaskState(task, state)
     return tasks
 
@@ -119,8 +123,7 @@ def reduce_jobs(entries: list[Submission], squeue: dict[str, str], sacct: dict[s
             continue
         states: dict[str, int] = {}
         for task, _ in entry.tasks:
-            state = squeue.get(task) or (sacct or {}).get(task) or (MISSING if sacct is not None else None)
-            if state:
+            if state := _task_state(task, squeue, sacct):
                 states[state] = states.get(state, 0) + 1
         jobs.append(ReduceJobState(entry.job_id, entry.final, entry.stage, states))
     return tuple(jobs)
