@@ -40,6 +40,6 @@ Constraint = Annotated[Optional[str], typer.Option(help="SLURM node constraint."
 SbatchArg = Annotated[Optional[list[str]], typer.Option("--sbatch-arg", help="Extra sbatch argument, e.g. --sbatch-arg=--exclude=node7; repeatable.")]
 ArrayParallelism = Annotated[Optional[int], typer.Option(help="Tasks of one array running at once (%N).", min=1)]
 SignalDelay = Annotated[Optional[int], typer.Option(help="Seconds of warning (USR2) before the time limit (default: 120).", min=0)]
-MaxRequeues = Annotated[Optional[int], typer.Option(help="Time-limit requeues of a task before it is reported failed (default: 5).", min=0)]
+MaxRequeues = Annotated[Optional[int], typer.Option(help="Time-limit requeues a task may make for one shard before the shard is reported failed; preemptions do not count (default: 5).", min=0)]
 SamplesPerS = Annotated[float, typer.Option(help="Stated samples/s of one task, for the GPU-hour estimate.", min=0.001)]
 ThenReduce = Annotated[Optional[Path], typer.Option("--then-reduce", help="Also submit a reduce job into this folder, after the arrays (afterany).")]

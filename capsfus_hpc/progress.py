@@ -74,6 +74,11 @@ class ProgressRecord:
     def requeues(self) -> int:
         return sum(1 for attempt in self.attempts if attempt.stopped_by)
 
+    def time_limit_stops(self, job_id: str | None) -> int:
+        """Attempts of one SLURM task stopped by its time-limit warning. Preemptions (SIGTERM) are not
+        the shard's fault, and a resubmitted task (a new job id) starts from none."""
+        return sum(1 for a in self.attempts if a.stopped_by == "SIGUSR2" and a.job_id == job_id)
+
     @property
     def last_attempt(self) -> Attempt | None:
         return self.attempts[-1] if self.attempts else None

@@ -270,11 +270,15 @@ def _run_leased(paths: RunPaths, settings: RunSettings, manifest: Manifest, shar
 
 
 def _stopped(paths: RunPaths, record: ProgressRecord, stop: StopRequest) -> ProgressRecord:
-    """Close the attempt of a shard stopped early; past the requeue limit it is a failure."""
+    """Close the attempt of a shard stopped early; past the requeue limit it is a failure.
+
+    The limit counts this task's time-limit stops of the shard, not SLURM_RESTART_COUNT, which also
+    counts preemptions: a shard preempted often still gets its --max-requeues time-limit requeues."""
+    stops = record.time_limit_stops(_job_id()) + int(stop.wants_requeue)  # with this attempt's
     error = None
-    if stop.wants_requeue and restart_count() >= stop.max_requeues:
-        error = (f"time limit reached with rows left after {restart_count()} requeues (the limit, "
-                 f"--max-requeues {stop.max_requeues}); give tasks more --time or fewer rows")
+    if stop.wants_requeue and stops > stop.max_requeues:
+        error = (f"time limit reached with rows left after {stops - 1} time-limit requeues of this shard "
+                 f"(the limit, --max-requeues {stop.max_requeues}); give tasks more --time or fewer rows")
     record = record.with_attempt_ended(time.time(), error, stopped_by=stop.signal_name)
     write_progress(paths.progress(record.shard), record)
     log.warning("shard %d: stopped by %s at row %d of %d-%d", record.shard, stop.signal_name,
@@ -284,11 +288,14 @@ def _stopped(paths: RunPaths, record: ProgressRecord, stop: StopRequest) -> Prog
     return record
 
 
-def needs_requeue(stop: StopRequest, finished: dict[int, bool], shard_ids: list[int], restarts: int) -> bool:
+def needs_requeue(stop: StopRequest, finished: dict[int, bool], shard_ids: list[int]) -> bool:
     """Whether a task stopped by a time-limit warning should run again: some of its shards are
-    unsettled (neither done nor failed, or never reached) and it is under the requeue limit."""
+    unsettled (neither done nor failed, or never reached).
+
+    This cannot loop without progress: an attempt either finishes a shard or records a time-limit
+    stop on the one in flight, which fails once it has more than --max-requeues of them."""
     unfinished = [shard for shard in shard_ids if not finished.get(shard, False)]
-    return stop.wants_requeue and bool(unfinished) and restarts < stop.max_requeues
+    return stop.wants_requeue and bool(unfinished)
 
 
 def run_shards(run_dir: str, shard_ids: list[int]) -> dict[int, int]:
@@ -327,8 +334,9 @@ def run_shards(run_dir: str, shard_ids: list[int]) -> dict[int, int]:
     finally:
         stop.restore()
     # Every attempt is recorded before the requeue, since SLURM kills the task right after it.
-    if needs_requeue(stop, settled, shard_ids, restart_count()):
-        log.warning("requeueing this task (requeue %d of at most %d)", restart_count() + 1, stop.max_requeues)
+    if needs_requeue(stop, settled, shard_ids):
+        log.warning("requeueing this task (SLURM restart %d; at most %d time-limit requeues a shard)",
+                    restart_count() + 1, stop.max_requeues)
         requeue_own_task()
     if failures:
         raise CapsfusError("; ".join(failures))

@@ -4,9 +4,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from capsfus_hpc.engine import FusionEngine
+from capsfus_hpc.errors import CapsfusError
 from capsfus_hpc.preemption import StopRequest, WindowAborted
+from capsfus_hpc.progress import read_progress
 from capsfus_hpc.settings import load_run
-from capsfus_hpc.worker import fuse_chunk, needs_requeue, windows
+from capsfus_hpc.worker import fuse_chunk, needs_requeue, run_shard, windows
 
 from .conftest import make_run, with_urls, write_parquet
 
@@ -79,9 +81,38 @@ def test_a_time_limit_warning_requeues_while_any_shard_of_the_task_is_unfinished
     warned = StopRequest(max_requeues=3)
     warned._handle(signal.SIGUSR2, None)
     # the warning came as shard 1 finished: shard 2 was never started, so the task runs again
-    assert needs_requeue(warned, {1: True}, [1, 2], restarts=0)
-    assert not needs_requeue(warned, {1: True, 2: True}, [1, 2], restarts=0)
-    assert not needs_requeue(warned, {1: False}, [1], restarts=3)  # the limit: reported failed instead
+    assert needs_requeue(warned, {1: True}, [1, 2])
+    assert not needs_requeue(warned, {1: True, 2: True}, [1, 2])  # done, or failed past the limit
     preempted = StopRequest()
     preempted._handle(signal.SIGTERM, None)
-    assert not needs_requeue(preempted, {1: False}, [1], restarts=0)  # SLURM requeues or cancels it itself
+    assert not needs_requeue(preempted, {1: False}, [1])  # SLURM requeues or cancels it itself
+
+
+def test_the_requeue_limit_counts_time_limit_stops_of_one_task_not_preemptions(tmp_path, real_records,
+                                                                               smoke_model, monkeypatch):
+    source = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:16]))
+    paths = make_run(tmp_path, [source], smoke_model, rows_per_shard=16, max_new_tokens=8, batch_size=4)
+    settings, manifest = load_run(paths)
+
+    def time_limit_warning_long_ago(max_requeues):  # too late for any window: the attempt commits nothing
+        clock = Clock()
+        stop = StopRequest(signal_delay_s=120, max_requeues=max_requeues, clock=clock)
+        stop._handle(signal.SIGUSR2, None)
+        clock.now += 200
+        return stop
+
+    def no_engine():
+        raise AssertionError("no window should start after the deadline")
+
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "9")  # preempted nine times before: not counted
+    record = run_shard(paths, settings, manifest, 0, no_engine, time_limit_warning_long_ago(1))
+    assert record.last_attempt.stopped_by == "SIGUSR2" and record.last_attempt.error is None
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "10")
+    with pytest.raises(CapsfusError, match=r"after 1 time-limit requeues of this shard .*--max-requeues 1"):
+        run_shard(paths, settings, manifest, 0, no_engine, time_limit_warning_long_ago(1))
+    assert "--max-requeues 1" in read_progress(paths.progress(0)).last_attempt.error
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "78")  # resubmitted by `resume`: a new task starts from none
+    record = run_shard(paths, settings, manifest, 0, no_engine, time_limit_warning_long_ago(1))
+    assert record.last_attempt.error is None and record.time_limit_stops("78_0") == 1
