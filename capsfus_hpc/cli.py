@@ -310,10 +310,17 @@ def status(
                     time.sleep(max(watch, 1.0))
             except KeyboardInterrupt:
                 return
+        if not console.is_terminal:
+            console.line()  # Live ends a terminal's last frame with a newline, not a file's
     # Exit 1 where a script asked a question whose answer is bad: damage found, or a watch that ended on failures.
     unfinished = run_status.counts[DAMAGED] + (run_status.counts[FAILED] if watch is not None else 0)
     if (verify or watch is not None) and unfinished:
         raise CapsfusError(f"{unfinished} shard(s) failed or damaged; 'capsfus-hpc resume {paths.root}' runs them again")
+    if watch is not None and (failed := run_status.failed_reduces):
+        job = failed[0]
+        log = _reduce_logs(paths, run_status).get(job.job_id)
+        raise CapsfusError(f"reduce{' ' + job.stage if job.stage else ''} job {job.job_id} into {job.final} failed"
+                           + (f"; its log: {log}" if log else ""))
 
 
 @app.command()

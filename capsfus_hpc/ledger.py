@@ -15,6 +15,7 @@ from pathlib import Path
 
 FUSE = "fuse"
 REDUCE = "reduce"
+REDUCE_STAGES = ("keys", "dedup", "assemble")  # of reduce --slurm, appended in this order
 
 
 @dataclass(frozen=True)

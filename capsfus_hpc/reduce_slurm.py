@@ -44,9 +44,8 @@ def submit_reduce(paths: RunPaths, final: Path, options: ReduceOptions, slurm: S
     logs = plan.final_paths.logs
     logs.mkdir(parents=True, exist_ok=True, mode=0o755)
     slurm = replace(slurm, gpus=None)  # the reduce needs no GPU
-    stages = [("keys", keys_task, [(plan.final, t) for t in range(len(plan.key_tasks))]),
-              ("dedup", dedup_task, dedup_tasks),
-              ("assemble", assemble_task, [(plan.final,)])]
+    stages = zip(ledger.REDUCE_STAGES, (keys_task, dedup_task, assemble_task),
+                 ([(plan.final, t) for t in range(len(plan.key_tasks))], dedup_tasks, [(plan.final,)]))
     jobs: list[ReduceJob] = []
     for stage, function, arguments in stages:
         dependency = f"afterok:{jobs[-1].job_id}" if jobs else None

@@ -103,6 +103,9 @@ def slurm_parameters(spec: ArraySpec) -> dict:
                   f"export {MAX_REQUEUES_ENV}={options.max_requeues}"],
         "additional_parameters": extra_parameters(options.extra) or None,
     }
+    if spec.dependency:
+        # A job behind a failed afterok (a reduce --slurm stage) would pend forever; SLURM cancels it instead.
+        parameters["additional_parameters"] = {"kill-on-invalid-dep": "yes", **(parameters["additional_parameters"] or {})}
     if options.array_parallelism:
         parameters["array_parallelism"] = options.array_parallelism
     return {k: v for k, v in parameters.items() if v is not None}

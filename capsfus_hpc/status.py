@@ -64,6 +64,17 @@ class RunStatus:
         """Nothing will change without a new command: no shard and no reduce job pending or running."""
         return not self.counts[PENDING] and not self.counts[RUNNING] and not any(j.active for j in self.reduce_jobs)
 
+    @property
+    def failed_reduces(self) -> tuple[ReduceJobState, ...]:
+        """The failed jobs of each final folder's latest reduce (a whole one, or the stages from its
+        keys stage on); a failure that a later reduce into the same folder followed is history."""
+        latest: dict[str | None, list[ReduceJobState]] = {}
+        for job in self.reduce_jobs:
+            if job.stage in (None, ledger.REDUCE_STAGES[0]) or job.final not in latest:
+                latest[job.final] = []
+            latest[job.final].append(job)
+        return tuple(job for jobs in latest.values() for job in jobs if job.failed)
+
     def as_dict(self) -> dict:
         return asdict(self)
 

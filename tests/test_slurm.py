@@ -40,6 +40,16 @@ def test_a_single_task_is_a_plain_job():
     assert "--array" not in script and "%j_0_log.out" in script
 
 
+
+def test_a_job_behind_a_dependency_is_cancelled_when_it_can_never_run_unless_the_user_says_otherwise():
+    behind = ArraySpec(folder="/r/logs", python="python3", options=SlurmOptions(), tasks=2, dependency="afterok:41")
+    script = render_sbatch(behind)
+    assert "#SBATCH --dependency=afterok:41" in script and "#SBATCH --kill-on-invalid-dep=yes" in script
+    kept = ArraySpec(folder="/r/logs", python="python3", options=SlurmOptions(extra=("--kill-on-invalid-dep=no",)),
+                     tasks=2, dependency="afterok:41")
+    assert "#SBATCH --kill-on-invalid-dep=no" in render_sbatch(kept) and "=yes" not in render_sbatch(kept)
+    assert "kill-on-invalid-dep" not in render_sbatch(SPEC)
+
 @pytest.mark.parametrize("text,minutes", [("90", 90), ("04:00:00", 240), ("1-12:00:00", 2160), ("10:30", 11),
                                           ("2-0", 2880), ("0:0:59", 1)])
 def test_slurm_time_formats(text, minutes):

@@ -122,6 +122,24 @@ def test_a_run_is_settled_only_once_its_reduce_job_is_neither_pending_nor_runnin
     assert not derive_status(MANIFEST, {**records, 4: _record(4, 1, OPEN)}, {}).settled
 
 
+def test_only_the_latest_reduce_of_each_final_folder_counts_as_failed():
+    records = {i: _record(i, 2, FINISHED) for i in range(5)}
+
+    def failed(*jobs):
+        return [job.job_id for job in derive_status(MANIFEST, records, {}, reduce_jobs=jobs).failed_reduces]
+
+    whole_failed = ReduceJobState("61", "/f", None, {"FAILED": 1})
+    staged = [ReduceJobState("70", "/f", "keys", {"FAILED": 1, "COMPLETED": 3}),
+              ReduceJobState("71", "/f", "dedup", {"DEPENDENCY_NEVER_SATISFIED": 2}),
+              ReduceJobState("72", "/f", "assemble", {"DEPENDENCY_NEVER_SATISFIED": 1})]
+    rerun = [ReduceJobState("80", "/f", "keys", {"COMPLETED": 4}), ReduceJobState("81", "/f", "dedup", {"RUNNING": 2}),
+             ReduceJobState("82", "/f", "assemble", {"PENDING": 1})]
+    assert failed(whole_failed) == ["61"]
+    assert failed(whole_failed, *staged) == ["70", "71", "72"]  # the stages of one reduce go together
+    assert failed(whole_failed, *staged, *rerun) == []  # a later reduce into /f replaced them
+    assert failed(whole_failed, ReduceJobState("90", "/other", None, {"COMPLETED": 1})) == ["61"]
+
+
 def test_a_reduce_job_reads_as_one_line_with_its_states_and_log():
     assert reduce_line(ReduceJobState("61", "/data/final", None, {"COMPLETED": 1}), None) == (
         "reduce job 61 into /data/final: [green]1 COMPLETED[/]")

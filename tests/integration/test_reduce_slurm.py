@@ -2,8 +2,12 @@
 give the same bytes."""
 
 import json
+import subprocess
+
+import pytest
 
 from capsfus_hpc import reduce_plan
+from capsfus_hpc.errors import CapsfusError
 from capsfus_hpc.reduce import STATS_FILE, ReduceOptions, reduce_run
 from capsfus_hpc.reduce_slurm import submit_reduce, wait_for_reduce
 from capsfus_hpc.slurm import SlurmOptions
@@ -61,3 +65,23 @@ def test_reduce_slurm_command_waits_and_prints_the_stats(tmp_path, real_records,
     assert all(job["states"].get("COMPLETED", 0) >= 1 for job in jobs)
     shown = capsfus("status", paths.root).stderr  # the table is for people: on stderr
     assert f"reduce assemble job {jobs[2]['job_id']} into {tmp_path / 'final'}: 1 COMPLETED" in " ".join(shown.split())
+
+
+def test_a_failed_reduce_stage_stops_the_later_ones_and_status_watch_says_which(tmp_path, real_records, smoke_model):
+    paths = _finished_run(tmp_path, real_records, smoke_model)
+    final = tmp_path / "final"
+    held = SlurmOptions(cpus=1, mem="2G", time="10", extra=("--hold",))
+    jobs = submit_reduce(paths, final, OPTIONS, held, tasks=1)
+    paths.part(2, 1).unlink()  # planned, then lost before the keys stage reads it
+    for job in jobs:
+        subprocess.run(["scontrol", "release", job.job_id], check=True)
+    with pytest.raises(CapsfusError, match=rf"keys task {jobs[0].job_id}: FAILED, dedup task {jobs[1].job_id}\S*: CANCELLED"):
+        wait_for_reduce(final, jobs, poll_s=0.5)
+    assert not (final / STATS_FILE).exists()
+    # SLURM cancels the stages behind the failed one (sbatch --kill-on-invalid-dep) rather than keep them queued
+    states = {job["stage"]: job["states"] for job in status_of(paths.root)["reduce_jobs"]}
+    assert states["keys"] == {"FAILED": 1} and set(states["dedup"]) == set(states["assemble"]) == {"CANCELLED"}
+    watched = capsfus("status", paths.root, "--watch", 1, check=False)
+    assert watched.returncode == 1
+    assert watched.stderr.strip().splitlines()[-1] == (
+        f"error: reduce keys job {jobs[0].job_id} into {final} failed; its log: {final / '.reduce' / 'logs'}")
