@@ -21,7 +21,7 @@ from .reduce_assemble import assemble_task
 from .reduce_dedup import dedup_task
 from .reduce_keys import keys_task
 from .reduce_plan import ReduceOptions
-from .scheduler import NEVER_STARTS, parse_sacct, parse_squeue
+from .scheduler import NEVER_STARTS, behind_never_starts, parse_sacct, parse_squeue
 from .slurm import SlurmOptions, _run, max_array_size, spec_for, submit_array
 
 
@@ -63,7 +63,7 @@ def wait_for_reduce(final: Path, jobs: list[ReduceJob], poll_s: float = 2.0) -> 
     while True:
         if out.stats.exists():
             return json.loads(out.stats.read_text())
-        queued = parse_squeue(_run(["squeue", "-h", "-r", "-o", "%i|%T|%r"]))
+        queued = behind_never_starts(ids, parse_squeue(_run(["squeue", "-h", "-r", "-o", "%i|%T|%r"])))
         # A stage behind a failed one waits forever (NEVER_STARTS): it counts as ended.
         active = [task for task, state in queued.items() if task.split("_")[0] in ids and state != NEVER_STARTS]
         if not active:

@@ -10,7 +10,7 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 
-from .ledger import REDUCE, Submission, latest_task_of_shard
+from .ledger import REDUCE, REDUCE_STAGES, Submission, latest_task_of_shard
 
 PENDING_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING",
                   "SUSPENDED", "STOPPED"}
@@ -113,10 +113,32 @@ def shard_tasks(entries: list[Submission], squeue: dict[str, str], sacct: dict[s
     return tasks
 
 
+def behind_never_starts(chain: list[str], squeue: dict[str, str]) -> dict[str, str]:
+    """squeue's states with the pending tasks of every job after one that never starts in a chain
+    of afterok jobs (in order) marked NEVER_STARTS too: squeue's reason for them is a plain
+    Dependency (the queue keeps them where --kill-on-invalid-dep=no)."""
+    states = dict(squeue)
+    blocked = False
+    for job_id in chain:
+        tasks = [task for task in states if task.split("_")[0] == job_id]
+        if blocked:
+            states.update({task: NEVER_STARTS for task in tasks if states[task] in PENDING_STATES})
+        blocked = blocked or any(states[task] == NEVER_STARTS for task in tasks)
+    return states
+
+
 def reduce_jobs(entries: list[Submission], squeue: dict[str, str], sacct: dict[str, str] | None
                 ) -> tuple[ReduceJobState, ...]:
     """Each reduce job of the ledger with how many of its tasks are in each state: squeue over
     sacct, MISSING with accounting where neither knows a task."""
+    chains: dict[str | None, list[str]] = {}  # final folder -> the stages of its latest reduce --slurm
+    for entry in entries:
+        if entry.kind == REDUCE and entry.stage:
+            if entry.stage == REDUCE_STAGES[0]:
+                chains[entry.final] = []
+            chains.setdefault(entry.final, []).append(entry.job_id)
+    for chain in chains.values():
+        squeue = behind_never_starts(chain, squeue)
     jobs = []
     for entry in entries:
         if entry.kind != REDUCE:

@@ -43,3 +43,18 @@ def test_reduce_jobs_count_their_tasks_states_and_say_whether_they_are_active_or
     assert [(job.active, job.failed) for job in jobs] == [(False, False), (True, True), (False, True)]
     assert reduce_jobs(entries, {}, {})[0].states == {"MISSING": 1}
     assert reduce_jobs(entries, {}, None)[0].states == {}  # no accounting: an ended task has no state
+
+
+def test_a_stage_behind_one_that_never_starts_never_starts_either():
+    stages = [Submission(job, REDUCE, ((f"{job}_0", ()),), 2.0, final="/f", stage=stage)
+              for job, stage in (("70", "keys"), ("71", "dedup"), ("72", "assemble"))]
+    # keys failed; SLURM gives dedup DependencyNeverSatisfied but assemble a plain Dependency
+    jobs = reduce_jobs(stages, {"71_0": NEVER_STARTS, "72_0": "PENDING"}, {"70_0": "FAILED"})
+    assert [job.states for job in jobs] == [{"FAILED": 1}, {NEVER_STARTS: 1}, {NEVER_STARTS: 1}]
+    assert not any(job.active for job in jobs)
+    # a later reduce --slurm into /f is a new chain: its assemble waits on its own dedup
+    rerun = [Submission(job, REDUCE, ((f"{job}_0", ()),), 3.0, final="/f", stage=stage)
+             for job, stage in (("80", "keys"), ("81", "dedup"), ("82", "assemble"))]
+    jobs = reduce_jobs(stages + rerun, {"71_0": NEVER_STARTS, "72_0": "PENDING", "80_0": "RUNNING", "81_0": "PENDING",
+                                        "82_0": "PENDING"}, {"70_0": "FAILED"})
+    assert [job.states for job in jobs[3:]] == [{"RUNNING": 1}, {"PENDING": 1}, {"PENDING": 1}]
