@@ -13,10 +13,11 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.logging import RichHandler
 
 from . import __version__
 from .columns import ColumnMapping
-from .display import plan_document, plan_text, row_progress, safe, stats_table, status_table
+from .display import plan_document, plan_text, polling, row_progress, safe, stats_table, status_table
 from .errors import CapsfusError
 from .permissions import restrict_umask
 from .launch import prepare_slurm, refusal, slurm_options_for, submit_local, submit_plan, validate_plan
@@ -28,7 +29,7 @@ from .caption_rules import CaptionRules
 from .reduce import STATS_FILE, ReduceOptions, check_final, load_rules, reduce_run
 from .settings import load_run, load_settings, open_or_create, requested_settings
 from .slurm import SlurmOptions
-from .status import DAMAGED, FAILED, gather_status
+from .status import DAMAGED, FAILED, gather_status, rows_committed
 from .worker import run_shards
 
 app = typer.Typer(
@@ -238,8 +239,17 @@ def work(
 
     Example: capsfus-hpc work runs/laion --shard 12
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    done = run_shards(str(run_dir.absolute()), list(shard))
+    paths = RunPaths(run_dir.absolute())
+    _, run_manifest = load_run(paths)
+    rows = sum(run_manifest.shard(shard_id).rows for shard_id in shard)
+    if console.is_terminal:  # log lines print above the bar
+        logging.basicConfig(level=logging.INFO, format="%(message)s",
+                            handlers=[RichHandler(console=console, show_path=False, markup=False)])
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    with row_progress(console, "fusing", rows) as advance, \
+            polling(lambda: advance(rows_committed(paths, shard)), every_s=1.0):
+        done = run_shards(str(paths.root), list(shard))
     console.print(f"done: {', '.join(f'shard {s} ({rows} rows)' for s, rows in done.items())}")
 
 

@@ -7,6 +7,7 @@ never replays control or escape sequences from it.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -86,6 +87,26 @@ def row_progress(console: Console, description: str, total: int):
         task = progress.add_task(safe(description), total=total)
         update: Callable[[int], None] = lambda done: progress.update(task, completed=done)
         yield update
+
+
+@contextmanager
+def polling(call: Callable[[], None], every_s: float):
+    """Call `call` every `every_s` seconds on a thread while the block runs, and once after it (to
+    move a progress bar while the block does the work)."""
+    stopped = threading.Event()
+
+    def loop():
+        while not stopped.wait(every_s):
+            call()
+
+    thread = threading.Thread(target=loop, name="polling", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stopped.set()
+        thread.join()
+    call()
 
 
 def stats_table(stats: dict, title: str) -> Table:

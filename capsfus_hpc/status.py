@@ -147,6 +147,11 @@ def read_records(paths: RunPaths, manifest: Manifest) -> dict[int, ProgressRecor
     return records
 
 
+def rows_committed(paths: RunPaths, shard_ids: list[int]) -> int:
+    """Rows the progress records of these shards name as committed."""
+    return sum(record.rows_done for shard_id in set(shard_ids) if (record := read_progress(paths.progress(shard_id))))
+
+
 def worker_tasks(paths: RunPaths, records: dict[int, ProgressRecord]) -> dict[int, TaskState]:
     """What the run folder says of attempts still open: on this host, whether their process is
     alive; elsewhere, gone if their lease's heartbeat stopped (where SLURM knows more, it wins)."""

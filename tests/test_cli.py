@@ -1,6 +1,8 @@
 """The command line as a user meets it: real subprocesses, exit codes and messages."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 from dataclasses import asdict
@@ -89,6 +91,25 @@ def test_a_failed_task_is_reported_with_its_shard_and_file(tmp_path, real_record
     assert watched.returncode == 1 and "1 shard(s) failed or damaged" in watched.stderr
     status = json.loads(capsfus("status", run, "--json").stdout)
     assert status["shards"][0]["state"] == "failed" and f"input {source} changed" in status["shards"][0]["error"]
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_work_shows_a_progress_bar_on_a_terminal_and_timestamped_log_lines_elsewhere(tmp_path, real_records,
+                                                                                   smoke_model, terminal):
+    source = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:24]))
+    paths = make_run(tmp_path, [source], smoke_model, rows_per_shard=12, chunk_rows=4)
+    environment = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE")}
+    if terminal:
+        environment.update(FORCE_COLOR="1", COLUMNS="120")
+    result = subprocess.run([sys.executable, "-m", "capsfus_hpc", "work", str(paths.root), "--shard", "0",
+                             "--shard", "1"], capture_output=True, text=True, env=environment, timeout=300)
+    assert result.returncode == 0, result.stderr
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", result.stderr)
+    assert ("24/24" in plain) is terminal and ("fusing" in plain) is terminal  # the bar ends at every row
+    assert "shard 1 chunk 2: rows " in plain  # the log lines are kept: above the bar, or alone
+    timestamped = re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO shard 0 chunk 0", plain, re.MULTILINE)
+    assert bool(timestamped) is not terminal
+    assert plain.strip().splitlines()[-1] == "done: shard 0 (12 rows), shard 1 (12 rows)"
 
 
 def test_submit_names_a_missing_manifest(tmp_path):
