@@ -63,7 +63,7 @@ from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
 from capsfus_hpc.batching import batch_size_at, gpu_batch_tokens
 from capsfus_hpc.columns import ColumnMapping
-from capsfus_hpc.engine import FusionEngine
+from capsfus_hpc.engine import CACHE_KEYWORD, FusionEngine
 from capsfus_hpc.manifest import build_manifest
 from capsfus_hpc.paths import RunPaths
 from capsfus_hpc.settings import load_run, open_or_create, requested_settings
@@ -179,7 +179,7 @@ class StaticCacheMode:
             rows += [rows[-1]] * (self.batch - len(rows))
             input_ids, mask = _left_padded(rows, len(rows[0]), self.device)
             self.cache.reset()
-            self.model.generate(input_ids=input_ids, attention_mask=mask, past_key_values=self.cache,
+            self.model.generate(input_ids=input_ids, attention_mask=mask, **{CACHE_KEYWORD: self.cache},
                                 max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
                                 pad_token_id=PAD, eos_token_id=EOS)
         return {}

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
+from packaging.version import Version
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
@@ -29,6 +31,10 @@ log = logging.getLogger(__name__)
 
 EOS = "eos"
 LENGTH = "length"
+
+# generate's cache to start from: transformers 5.24 renamed past_key_values to cache (the old name
+# warns on every call and goes in 6.0); earlier 5.x releases know only past_key_values.
+CACHE_KEYWORD = "cache" if Version(transformers.__version__).release >= (5, 24) else "past_key_values"
 
 
 # Allocations outside PyTorch's caching allocator fail as plain RuntimeErrors (AcceleratorError):
@@ -172,7 +178,7 @@ class FusionEngine:
         output = self.model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
-            past_key_values=cache,
+            **{CACHE_KEYWORD: cache},
             num_beams=self.num_beams,
             max_new_tokens=self.max_new_tokens,
             min_new_tokens=self.min_new_tokens or None,

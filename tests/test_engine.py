@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 
 from capsfus_hpc.engine import EOS, LENGTH, FusionEngine
@@ -25,6 +27,17 @@ def test_smoke_model_loads_through_from_pretrained_and_fuses_in_input_order(smok
 def test_generation_is_deterministic(smoke_model, pairs):
     engine = load_engine(smoke_model, batch_size=8, max_new_tokens=16)
     assert engine.fuse(pairs) == engine.fuse(pairs)
+
+
+@pytest.mark.parametrize("prefix_cache", [True, False])
+@pytest.mark.parametrize("beams", [1, 3])
+def test_generation_uses_no_deprecated_argument_of_the_installed_transformers(smoke_model, pairs, prefix_cache,
+                                                                               beams):
+    engine = load_engine(smoke_model, batch_size=8, max_new_tokens=8, num_beams=beams, prefix_cache=prefix_cache)
+    with warnings.catch_warnings():  # a deprecated argument warns on every batch, in every task's log
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        assert len(engine.fuse(pairs[:8])) == 8
 
 
 def test_reference_defaults_and_cpu_dtype(smoke_model):

@@ -7,6 +7,7 @@ import torch
 from transformers import GenerationConfig, LlamaConfig, MistralConfig
 from transformers.cache_utils import DynamicCache
 
+from capsfus_hpc.engine import CACHE_KEYWORD
 from capsfus_hpc.kv_cache import PreallocatedCache, preallocatable
 
 from .conftest import load_engine
@@ -20,7 +21,7 @@ def test_generation_from_the_preallocated_cache_equals_generation_from_a_dynamic
     dynamic = load_engine(smoke_model, num_beams=beams, max_new_tokens=24, batch_size=8, prefix_cache=prefix_cache)
     dynamic.preallocate = False
     caches, generate = [], allocated.model.generate
-    allocated.model.generate = lambda **kwargs: (caches.append(kwargs["past_key_values"]), generate(**kwargs))[1]
+    allocated.model.generate = lambda **kwargs: (caches.append(kwargs[CACHE_KEYWORD]), generate(**kwargs))[1]
     assert allocated.fuse(pairs) == dynamic.fuse(pairs)
     assert len(caches) == 3 and all(isinstance(cache, PreallocatedCache) for cache in caches)
 

@@ -47,9 +47,8 @@ def test_a_model_whose_forward_takes_no_position_ids_goes_without_the_prefix_cac
     engine = load_engine(smoke_model, num_beams=1, max_new_tokens=16, batch_size=8)
     forward = engine.model.forward
 
-    def without_position_ids(input_ids=None, attention_mask=None, past_key_values=None, use_cache=None, **kwargs):
-        return forward(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
-                       use_cache=use_cache, **kwargs)
+    def without_position_ids(input_ids=None, attention_mask=None, use_cache=None, **kwargs):
+        return forward(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
 
     engine.model.forward = without_position_ids
     assert positions_follow_mask(plain.model) and not positions_follow_mask(engine.model)
