@@ -132,13 +132,14 @@ def test_a_preempted_task_is_requeued_and_finishes_without_losing_or_repeating_r
 
 def test_a_task_whose_time_limit_is_shorter_than_its_work_finishes_after_requeues(tmp_path, real_records,
                                                                                   smoke_model):
-    # SLURM checks time limits every 30 s, so with a one-minute limit the USR2 warning comes
-    # 10-30 s into each attempt. A slow model (2 s a window, 12 windows) needs several attempts.
+    # SLURM checks time limits every 30 s, so with a one-minute limit and the warning 45 s before
+    # it, USR2 comes 15-45 s into each attempt. A slow model (4 s a window, 12 windows: 48 s and
+    # more) cannot finish before it, so it needs several attempts (with 2 s a window one once did).
     manifest = manifest_of(tmp_path, with_urls(real_records[:96]), 96)
     options = ["--model", smoke_model, "--chunk-rows", 32, "--window-rows", 8, "--batch-size", 8,
                "--greedy", "--max-new-tokens", 8]
     run = tmp_path / "run"
-    slow = {**os.environ, "CAPSFUS_FAULT": "sleep_per_window:2"}
+    slow = {**os.environ, "CAPSFUS_FAULT": "sleep_per_window:4"}
     subprocess.run([sys.executable, "-m", "capsfus_hpc", "submit", manifest, "-o", run, *map(str, options),
                     "--cpus", "1", "--mem", "2G", "--time", "1", "--signal-delay", "45", "--max-requeues", "12"],
                    check=True, env=slow, capture_output=True)
