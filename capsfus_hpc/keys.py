@@ -40,6 +40,8 @@ def normalize_url(url: str) -> str:
         return url
     scheme = parts.scheme.lower()
     host = parts.hostname or ""
+    if ":" in host:  # an IPv6 address keeps its brackets, or its last group reads as a port
+        host = f"[{host}]"
     userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
     netloc = userinfo + host + (f":{port}" if port is not None and str(port) != _DEFAULT_PORTS.get(scheme) else "")
     path = parts.path.rstrip("/") if parts.path not in ("", "/") else ""

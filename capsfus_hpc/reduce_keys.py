@@ -41,7 +41,8 @@ class _Spill:
             for kind in kinds for p in range(partitions)}
 
     def write(self, kind: str, row_ids: pa.Array, keys: pa.Array) -> None:
-        valid = keys.is_valid()
+        # An empty key (a missing URL written as "", or a caption of punctuation only) is no key: its rows never share it.
+        valid = pc.and_(keys.is_valid(), pc.greater(pc.binary_length(keys), 0)).fill_null(False)
         row_ids, keys = row_ids.filter(valid), keys.filter(valid)
         where = partition_of(key_hashes(keys), self.partitions)
         order = np.argsort(where, kind="stable")  # by partition, in row order within each

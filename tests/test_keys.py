@@ -12,6 +12,7 @@ from capsfus_hpc.keys import normalize_caption, normalize_caption_column, normal
     ("https://example.com/a/b.jpg#section", "https://example.com/a/b.jpg"),
     ("https://example.com:443/a.jpg", "https://example.com/a.jpg"),
     ("http://example.com:80/", "http://example.com"),
+    ("HTTP://[FE80::1]:80/a", "http://[fe80::1]/a"),
     ("  https://example.com/x?y=1  ", "https://example.com/x?y=1"),
 ])
 def test_same_image_same_key(a, b):
@@ -23,6 +24,7 @@ def test_same_image_same_key(a, b):
     ("https://example.com/a.jpg?size=1", "https://example.com/a.jpg?size=2"),
     ("https://example.com:8443/a.jpg", "https://example.com/a.jpg"),
     ("http://example.com/a.jpg", "https://example.com/a.jpg"),
+    ("http://[::1]:8080/x", "http://[::1:8080]/x"),  # a port, or the address's last group
 ])
 def test_different_images_keep_different_keys(a, b):
     assert normalize_url(a) != normalize_url(b)

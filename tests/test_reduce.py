@@ -173,6 +173,17 @@ def test_keys_are_compared_as_normalised_urls_and_captions_optionally(tmp_path, 
     assert [r["row_id"] for r in pq.read_table(tmp_path / "final" / DATA_FILE).to_pylist()] == [0, 3]
 
 
+def test_rows_with_an_empty_key_are_not_duplicates_of_each_other(tmp_path, real_records, smoke_model):
+    records = real_records[:6]
+    rows = [{"image_url": u, "laion_2b": r["laion_2b"], "laion_coco": r["laion_coco"]} for u, r in zip(
+        ["", "   ", "\t", None, "https://example.org/1.jpg", " https://example.org/1.jpg"], records)]
+    paths = _records_run(tmp_path, smoke_model, records, rows)
+    run_with_official_captions(paths, records)
+    stats = reduce_run(paths, tmp_path / "final")
+    assert stats["duplicates_by_kind"] == {"duplicate_key": 1}
+    assert [r["row_id"] for r in pq.read_table(tmp_path / "final" / DATA_FILE).to_pylist()] == [0, 1, 2, 3, 4]
+
+
 def test_caption_rules_reject_with_their_reason(tmp_path, real_records, smoke_model):
     records = [dict(r) for r in real_records[:5]]
     records[1]["capsfuion_official"] = records[1]["laion_coco"]  # the model copied its input
