@@ -16,6 +16,11 @@ FINISH_REASON = "finish_reason"
 PROMPT_TOKENS = "prompt_tokens"
 COMPLETION_TOKENS = "completion_tokens"
 ADDED_COLUMNS = (ROW_ID, FUSED_CAPTION, STATUS, REASON, DETAIL, FINISH_REASON, PROMPT_TOKENS, COMPLETION_TOKENS)
+# Columns reduce adds to the rejects and duplicates files.
+REJECT_REASON = "reject_reason"
+REJECT_DETAIL = "reject_detail"
+DUPLICATE_OF = "duplicate_of"
+REDUCE_COLUMNS = (REJECT_REASON, REJECT_DETAIL, DUPLICATE_OF)
 
 # Staging files made from JSON inputs carry a per-row reading error ("code: detail") here.
 INPUT_ERROR = "__capsfus_input_error"
@@ -44,7 +49,7 @@ class ColumnMapping:
                 raise CapsfusError(f"{file}: missing {role} column '{name}' (columns: {', '.join(columns)})")
         if self.key is not None and self.key not in columns and key_required:
             raise CapsfusError(f"{file}: missing key column '{self.key}' (columns: {', '.join(columns)})")
-        clashes = sorted(set(columns) & set(ADDED_COLUMNS))
+        clashes = sorted(set(columns) & {*ADDED_COLUMNS, *REDUCE_COLUMNS})
         if clashes:
             raise CapsfusError(f"{file}: column(s) {', '.join(clashes)} clash with output columns; rename them")
         return self

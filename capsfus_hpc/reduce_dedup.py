@@ -17,12 +17,11 @@ import numpy as np
 import pyarrow as pa
 
 from .atomic import atomic_path
-from .columns import ROW_ID
+from .columns import DUPLICATE_OF, ROW_ID
 from .dedup import first_seen
 from .errors import CapsfusError
 from .reduce_plan import ReducePlan, read_plan
 
-DUPLICATE_OF = "duplicate_of"
 _CHANGED = ("the parts changed during the reduce: a row the key tasks saw was not read by assemble; "
             "run the reduce again")
 GROUP = "group"  # the first row id of the group: the first fused row with the key

@@ -21,13 +21,11 @@ import pyarrow.compute as pc
 
 from .caption_rules import DEFAULT_RULES, CaptionRules
 from .caption_screen import judge_screened, screen
-from .columns import (DETAIL, FINISH_REASON, FUSED_CAPTION, REASON, STATUS, STATUS_INVALID, STATUS_OK,
-                      ColumnMapping)
+from .columns import (DETAIL, FINISH_REASON, FUSED_CAPTION, REASON, REJECT_DETAIL, REJECT_REASON, STATUS,
+                      STATUS_INVALID, STATUS_OK, ColumnMapping)
 from .reconcile import Part, read_part
 
 CAPTION_REASON_PREFIX = "caption_"
-REJECT_REASON = "reject_reason"
-REJECT_DETAIL = "reject_detail"
 BATCH_ROWS = 65_536  # parts are read, judged and written in batches of about this many rows
 T = TypeVar("T")
 

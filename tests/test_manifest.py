@@ -66,6 +66,14 @@ def test_missing_column_names_column_and_file(tmp_path, real_records):
     assert not (tmp_path / "m.json").exists()
 
 
+@pytest.mark.parametrize("column", ["status", "fused_caption", "reject_reason", "reject_detail", "duplicate_of"])
+def test_an_input_column_the_worker_or_reduce_adds_is_refused(tmp_path, real_records, column):
+    rows = [{**row, column: "x"} for row in with_urls(real_records[:3])]
+    source = write_parquet(tmp_path / "a.parquet", rows)
+    with pytest.raises(CapsfusError, match=rf"a.parquet: column\(s\) {column} clash with output columns; rename them"):
+        build_manifest([source], tmp_path / "m.json", 10, ColumnMapping())
+
+
 def test_a_file_twice_an_empty_input_and_a_folder_for_output_are_refused(tmp_path, real_records):
     path = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:5]))
     with pytest.raises(CapsfusError, match=r"a.parquet is given more than once"):
