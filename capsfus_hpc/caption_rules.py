@@ -49,6 +49,9 @@ _ASCII_LOWER = bytes(range(128)).lower() + bytes(128)
 _ASCII_NOT_WORD = bytes(b for b in range(128) if chr(b) not in string.ascii_letters + string.digits + "_")
 
 
+_RULE_MAX = 2**31 - 1  # the compiled screen counts in 32-bit integers
+
+
 @dataclass(frozen=True)
 class CaptionRules:
     min_chars: int = 10  # of the normalised caption; the shortest sound official caption has 15
@@ -82,6 +85,9 @@ class CaptionRules:
                     raise CapsfusError("caption rule 'echo_phrases' must be a list of phrases with words in them")
             elif isinstance(value, bool) or not isinstance(value, int if known[key].type == "int" else (int, float)):
                 raise CapsfusError(f"caption rule '{key}' must be a number ({known[key].type}), not {value!r}")
+            elif not 0 <= value <= (1 if key == "min_distinct_ratio" else _RULE_MAX):  # NaN fails this too
+                most = 1 if key == "min_distinct_ratio" else _RULE_MAX
+                raise CapsfusError(f"caption rule '{key}' must be from 0 to {most}, not {value!r}")
         rules = cls(**{**data, **({"echo_phrases": tuple(data["echo_phrases"])} if "echo_phrases" in data else {})})
         if rules.min_chars > rules.max_chars or rules.min_words > rules.max_words:
             raise CapsfusError("caption rules: a minimum length is over its maximum")

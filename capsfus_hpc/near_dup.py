@@ -21,6 +21,9 @@ NUM_PERM = 128
 SHINGLE_WORDS = 3
 SEED = 1  # datasketch's default: the same captions give the same signatures on every machine
 BATCH = 4096
+# datasketch's LSH needs two bands or more, so it takes no threshold above about 0.98; a higher
+# one proposes candidates at 0.98 and the MinHash estimate confirms them at the threshold.
+LSH_THRESHOLD_MAX = 0.98
 
 
 def shingles(caption: str) -> list[bytes]:
@@ -46,7 +49,7 @@ class NearDuplicates:
             raise CapsfusError(f"--near-dup {threshold}: a Jaccard similarity must be in (0, 1]")
         self.threshold = threshold
         self._datasketch = _datasketch()
-        self._index = self._datasketch.MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+        self._index = self._datasketch.MinHashLSH(threshold=min(threshold, LSH_THRESHOLD_MAX), num_perm=NUM_PERM)
         self._kept: dict[int, np.ndarray] = {}
 
     def find(self, rows: list[tuple[int, str]]) -> list[tuple[int, int]]:

@@ -33,6 +33,7 @@ from .reduce_assemble import DUPLICATE_CAPTION, DUPLICATE_KEY, DUPLICATES_SCHEMA
 from .reduce_dedup import DUPLICATE_OF, dedup_task
 from .reduce_judge import CAPTION_REASON_PREFIX, REJECT_DETAIL, REJECT_REASON, load_screen
 from .reduce_keys import keys_task
+from .near_dup import NearDuplicates
 from .reduce_plan import ReduceOptions, ReducePlan, load_rules, plan_reduce, write_plan
 from .settings import load_run
 from .status import gather_status, read_records
@@ -78,7 +79,10 @@ def _prepare_final(final: ReducePaths) -> None:
 
 
 def prepare_reduce(paths: RunPaths, final: Path, options: ReduceOptions, workers: int) -> ReducePlan:
-    """Check the run is complete (or --allow-partial), then write the plan into the final folder."""
+    """Check the options and that the run is complete (or --allow-partial), then write the plan
+    into the final folder: nothing of an earlier dataset there is removed before these checks."""
+    if options.near_dup is not None:
+        NearDuplicates(options.near_dup)  # its threshold, and that datasketch is installed
     _, manifest = load_run(paths)
     records = read_records(paths, manifest)
     status = gather_status(paths, manifest, records=records)

@@ -168,6 +168,10 @@ def test_from_dict_refuses_an_unknown_key_by_name():
     ({"echo_phrases": ["..."]}, "'echo_phrases' must be a list"),
     ({"min_chars": 2000}, "a minimum length is over its maximum"),
     ({"max_repeats": 0}, "must be at least 1"),
+    ({"max_chars": 2**70}, "'max_chars' must be from 0 to 2147483647, not 1180591620717411303424"),
+    ({"min_words": -1}, "'min_words' must be from 0 to 2147483647"),
+    ({"min_distinct_ratio": float("nan")}, "'min_distinct_ratio' must be from 0 to 1, not nan"),
+    ({"min_distinct_ratio": 1.5}, "'min_distinct_ratio' must be from 0 to 1"),
 ])
 def test_from_dict_refuses_values_a_rule_cannot_use(data, message):
     with pytest.raises(CapsfusError, match=message):

@@ -26,6 +26,14 @@ def test_near_copies_of_real_captions_are_found_and_distinct_ones_kept(real_reco
     assert dict(state.find(rows[:400]) + state.find(rows[400:])) == found
 
 
+@pytest.mark.parametrize("threshold", [0.99, 1.0])
+def test_a_threshold_above_what_lsh_takes_keeps_only_what_the_estimate_confirms(real_records, threshold):
+    captions = [r["capsfuion_official"] for r in real_records[:100]]
+    copies = [(100 + i, " ".join(c.split()).upper() + " ") for i, c in enumerate(captions[:20])]  # the same words
+    found = dict(NearDuplicates(threshold).find(list(enumerate(captions)) + copies + [(200, _edited(captions[0]))]))
+    assert found == {100 + i: i for i in range(20)}  # the edited one is not that similar
+
+
 def test_short_captions_and_bad_thresholds():
     assert shingles("A cat.") == [b"a cat"]
     assert shingles("one two three four") == [b"one two three", b"two three four"]

@@ -1,5 +1,6 @@
 import io
 import json
+import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -130,6 +131,18 @@ def test_a_damaged_part_is_named_by_shard_and_chunk(tmp_path, finished_run, _run
     part.unlink()
     with pytest.raises(CapsfusError, match=r"shard 1 chunk 2: part .* is missing"):
         reduce_run(finished_run, tmp_path / "final")
+
+
+def test_bad_options_are_refused_before_an_earlier_dataset_is_removed(tmp_path, finished_run, _run_all, monkeypatch):
+    _run_all(finished_run)
+    reduce_run(finished_run, tmp_path / "final")
+    before = sorted(p.name for p in (tmp_path / "final").iterdir())
+    with pytest.raises(CapsfusError, match=r"--near-dup 1.5: a Jaccard similarity must be in \(0, 1\]"):
+        reduce_run(finished_run, tmp_path / "final", ReduceOptions(near_dup=1.5))
+    monkeypatch.setitem(sys.modules, "datasketch", None)  # not installed
+    with pytest.raises(CapsfusError, match=r"--near-dup needs datasketch"):
+        reduce_run(finished_run, tmp_path / "final", ReduceOptions(near_dup=0.9))
+    assert sorted(p.name for p in (tmp_path / "final").iterdir()) == before and STATS_FILE in before
 
 
 def test_a_foreign_final_folder_is_not_overwritten(tmp_path, finished_run, _run_all):
