@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .atomic import atomic_write_bytes
@@ -108,11 +108,33 @@ class ProgressRecord:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ProgressRecord":
-        return cls(
-            shard=data["shard"], row_id_start=data["row_id_start"], row_id_stop=data["row_id_stop"],
-            chunks=tuple(ChunkRecord(**c) for c in data["chunks"]),
-            attempts=tuple(Attempt(**a) for a in data["attempts"]), batch_tokens=data.get("batch_tokens"),
-        )
+        """The record a progress file holds; a field of the wrong type, or chunks that do not
+        follow each other from the shard's first row, raise TypeError or ValueError."""
+        record = _typed(cls, {**data, "chunks": tuple(_typed(ChunkRecord, c) for c in data["chunks"]),
+                              "attempts": tuple(_typed(Attempt, a) for a in data["attempts"])})
+        at = record.row_id_start
+        for index, chunk in enumerate(record.chunks):
+            if chunk.index != index or chunk.row_id_start != at or not at < chunk.row_id_stop <= record.row_id_stop:
+                raise ValueError(f"chunk {index} does not follow the rows before it within {record.row_id_start}-"
+                                 f"{record.row_id_stop - 1}")
+            at = chunk.row_id_stop
+        return record
+
+
+_JSON_TYPES = {"int": (int,), "float": (int, float), "str": (str,)}
+
+
+def _typed(cls, data: dict):
+    """cls(**data), once each scalar field holds the JSON type its annotation names (None where allowed)."""
+    for f in fields(cls):
+        kinds = str(f.type).split(" | ")
+        if f.name not in data or not all(k in _JSON_TYPES or k == "None" for k in kinds):
+            continue  # a missing field is cls's to refuse; a tuple field was checked by the caller
+        value = data[f.name]
+        allowed = tuple(t for k in kinds if k != "None" for t in _JSON_TYPES[k])
+        if not (value is None and "None" in kinds) and (isinstance(value, bool) or not isinstance(value, allowed)):
+            raise TypeError(f"{f.name} is {value!r}, not {f.type}")
+    return cls(**data)
 
 
 def read_progress(path: Path) -> ProgressRecord | None:
@@ -120,7 +142,7 @@ def read_progress(path: Path) -> ProgressRecord | None:
         return ProgressRecord.from_dict(json.loads(path.read_text()))
     except FileNotFoundError:
         return None
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise CapsfusError(f"{path}: damaged progress record ({exc})") from exc
 
 

@@ -74,7 +74,7 @@ def parts_schema(parts: list[Part]) -> pa.Schema:
     progress records name (each footer when they name none); every part's size is checked, and
     the full checksum when its rows are read. A part matching its checksum is the file the
     worker fingerprinted, so the footers not read hold nothing new."""
-    schemas = {}
+    schemas, firsts = {}, {}
     for part in parts:
         try:
             size = part.path.stat().st_size
@@ -85,10 +85,36 @@ def parts_schema(parts: list[Part]) -> pa.Schema:
         key = part.chunk.schema_sha256 or part.path
         if key not in schemas:
             try:
-                schemas[key] = pq.read_schema(part.path)
+                schemas[key], firsts[key] = pq.read_schema(part.path), part
             except (OSError, pa.ArrowException) as exc:
                 raise _part_error(part, DAMAGED) from exc
-    return pa.unify_schemas(list(schemas.values()), promote_options="permissive")
+    try:
+        return pa.unify_schemas(list(schemas.values()), promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+        raise _schema_clash(list(schemas.values()), list(firsts.values())) from exc
+
+
+def _schema_clash(schemas: list[pa.Schema], parts: list[Part]) -> CapsfusError:
+    """The first part whose columns no earlier part's types take in, named with the column."""
+    unified = schemas[0]
+    for schema, part in zip(schemas[1:], parts[1:]):
+        try:
+            unified = pa.unify_schemas([unified, schema], promote_options="permissive")
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            name = next(f.name for f in schema if f.name in unified.names and not _unify(unified.field(f.name), f))
+            # manifest build refuses inputs whose columns differ so: the part changed after the worker wrote it
+            return _part_error(part, f"has column {name} as {schema.field(name).type} where the parts before it "
+                                     f"have {unified.field(name).type}: not as the worker wrote it; redo the "
+                                     f"shard (delete its folder and resume)")
+    return CapsfusError("the parts' schemas do not unify")
+
+
+def _unify(a: pa.Field, b: pa.Field) -> bool:
+    try:
+        pa.unify_schemas([pa.schema([a]), pa.schema([b])], promote_options="permissive")
+        return True
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        return False
 
 
 def read_part(part: Part, columns: list[str] | None = None, verify: bool = True) -> pa.Table:

@@ -74,6 +74,15 @@ def test_the_parts_schema_holds_every_column_of_every_part(tmp_path):
     assert parts_schema(parts).names == ["row_id", "fused_caption", "width"]
 
 
+def test_a_part_whose_column_types_clash_with_the_others_is_named(tmp_path):
+    table = pa.table({"row_id": pa.array([0], pa.int64()), "fused_caption": ["x"]})
+    clashing = pa.table({"row_id": pa.array([0], pa.int64()), "fused_caption": pa.array([5], pa.int64())})
+    parts = [_part_of(tmp_path, "a.parquet", table), _part_of(tmp_path, "b.parquet", clashing)]
+    with pytest.raises(CapsfusError, match=rf"shard 0 chunk 0: part {tmp_path / 'b.parquet'} has column fused_caption "
+                                           r"as int64 where the parts before it have string: not as the worker"):
+        parts_schema(parts)
+
+
 def test_the_parts_schema_names_a_missing_or_resized_part(tmp_path):
     table = pa.table({"row_id": pa.array([0], pa.int64())})
     parts = [_part_of(tmp_path, "a.parquet", table), _part_of(tmp_path, "b.parquet", table)]
