@@ -57,8 +57,8 @@ def check_final(final: ReducePaths, run: RunPaths) -> None:
     """Refuse a final folder that holds anything but an earlier reduce of this run (which is replaced)."""
     if not final.root.exists() or not any(final.root.iterdir()):
         return
-    if not final.stats.exists() and not final.plan.exists() and final.work.exists():
-        return  # a reduce stopped before it wrote its plan: no dataset yet
+    if [entry.name for entry in final.root.iterdir()] == [final.work.name] and not final.plan.exists():
+        return  # a reduce stopped before it wrote its plan: nothing else is there yet
     try:
         earlier = json.loads((final.stats if final.stats.exists() else final.plan).read_text())["run"]
     except (OSError, ValueError, KeyError, TypeError):

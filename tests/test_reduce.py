@@ -151,6 +151,11 @@ def test_a_foreign_final_folder_is_not_overwritten(tmp_path, finished_run, _run_
     (tmp_path / "final" / "precious.txt").write_text("mine")
     with pytest.raises(CapsfusError, match="not empty"):
         reduce_run(finished_run, tmp_path / "final")
+    (tmp_path / "final" / ".reduce").mkdir()  # as a reduce stopped before its plan leaves it, but not alone
+    with pytest.raises(CapsfusError, match="not empty"):
+        reduce_run(finished_run, tmp_path / "final")
+    (tmp_path / "final" / "precious.txt").unlink()
+    assert reduce_run(finished_run, tmp_path / "final")["rows_in"] == 60
 
 
 def _records_run(tmp_path, smoke_model, records, rows, rows_per_shard=10):
