@@ -342,7 +342,7 @@ def reduce(
     dedup_caption: Annotated[bool, typer.Option("--dedup-caption", help="Also drop rows whose normalised fused caption was seen before.")] = False,
     write_duplicates: Annotated[bool, typer.Option("--write-duplicates", help="Write duplicates.parquet: each dropped row and the row it duplicates.")] = False,
     near_dup: Annotated[Optional[float], typer.Option("--near-dup", help="Also drop captions this Jaccard-similar (word 3-grams, MinHash) to an earlier kept one, e.g. 0.9; needs capsfus-hpc\\[near-dup], in memory, for runs of a few million rows.")] = None,
-    target_file_mb: Annotated[int, typer.Option(help="Start a new data file past this size.")] = 512,
+    target_file_mb: Annotated[int, typer.Option(help="Start a new data file past this size.", min=1)] = 512,
     rules: Annotated[Optional[Path], typer.Option(help="JSON file of caption rule thresholds (see capsfus_hpc/caption_rules.py).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Processes to use (default: the CPUs this process may use); with --slurm, about how many tasks each stage gets.")] = None,
     on_slurm: Annotated[bool, typer.Option("--slurm", help="Run the reduce as SLURM arrays (keys, dedup, assemble) instead of here.")] = False,
@@ -360,6 +360,11 @@ def reduce(
     """
     if wait and not on_slurm:
         raise CapsfusError("--wait is for --slurm (a reduce here always waits)")
+    slurm_only = {"--partition": partition, "--account": account, "--qos": qos, "--time": time_limit, "--cpus": cpus,
+                  "--mem": mem, "--sbatch-arg": sbatch_arg}
+    if not on_slurm and (given_slurm := [name for name, value in slurm_only.items() if value]):
+        raise CapsfusError(f"{', '.join(given_slurm)} {'is' if len(given_slurm) == 1 else 'are'} for --slurm "
+                           "(a reduce here uses --workers processes of this machine)")
     paths = RunPaths(run_dir)
     _, manifest = load_run(paths)
     options = ReduceOptions(allow_partial=allow_partial, dedup_caption=dedup_caption,

@@ -166,6 +166,19 @@ def test_user_mistakes_end_in_one_line_that_names_them(tmp_path, real_records):
     assert_one_line_error(named, "m.json: not a run folder")
 
 
+@pytest.mark.parametrize("options, named", [
+    (["--partition", "cpu"], "--partition is for --slurm"),
+    (["--mem", "8G", "--time", "60"], "--time, --mem are for --slurm"),
+    (["--wait"], "--wait is for --slurm"),
+    (["--target-file-mb", "0"], "Invalid value for '--target-file-mb'"),
+])
+def test_reduce_refuses_options_it_would_ignore(tmp_path, real_records, smoke_model, options, named):
+    paths = make_run(tmp_path, [write_parquet(tmp_path / "a.parquet", with_urls(real_records[:4]))], smoke_model, 4)
+    result = capsfus("reduce", paths.root, "--final", tmp_path / "final", *options, check=False)
+    assert result.returncode in (1, 2) and named in result.stderr, result.stderr
+    assert not (tmp_path / "final").exists()
+
+
 def test_dry_run_and_then_reduce_are_refused_with_local(tmp_path, real_records):
     source = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:10]))
     capsfus("manifest", "build", source, "-o", tmp_path / "m.json")
