@@ -63,7 +63,8 @@ from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
 from capsfus_hpc.batching import batch_size_at, gpu_batch_tokens
 from capsfus_hpc.columns import ColumnMapping
-from capsfus_hpc.engine import CACHE_KEYWORD, FusionEngine
+from capsfus_hpc.engine import FusionEngine
+from capsfus_hpc.kv_cache import CACHE_KEYWORD
 from capsfus_hpc.manifest import build_manifest
 from capsfus_hpc.paths import RunPaths
 from capsfus_hpc.settings import load_run, open_or_create, requested_settings

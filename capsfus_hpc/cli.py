@@ -370,8 +370,6 @@ def reduce(
     options = ReduceOptions(allow_partial=allow_partial, dedup_caption=dedup_caption,
                             write_duplicates=write_duplicates, target_file_bytes=target_file_mb * 2**20,
                             rules=load_rules(rules) if rules else CaptionRules(), near_dup=near_dup)
-    if near_dup is not None and not 0 < near_dup <= 1:
-        raise CapsfusError(f"--near-dup {near_dup}: a Jaccard similarity must be in (0, 1]")
     if on_slurm:
         from .reduce_slurm import submit_reduce, wait_for_reduce
 

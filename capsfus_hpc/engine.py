@@ -14,14 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
-from packaging.version import Version
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 from . import faults
 from .batching import batch_size_at, gpu_batch_tokens, kv_tokens
-from .kv_cache import PreallocatedCache, preallocatable
+from .kv_cache import CACHE_KEYWORD, PreallocatedCache, preallocatable
 from .prefix_cache import PrefixCache, positions_follow_mask, shared_prefix
 from .prompt import PromptBuilder
 from .settings import RunSettings
@@ -31,10 +29,6 @@ log = logging.getLogger(__name__)
 
 EOS = "eos"
 LENGTH = "length"
-
-# generate's cache to start from: transformers 5.24 renamed past_key_values to cache (the old name
-# warns on every call and goes in 6.0); earlier 5.x releases know only past_key_values.
-CACHE_KEYWORD = "cache" if Version(transformers.__version__).release >= (5, 24) else "past_key_values"
 
 
 # Allocations outside PyTorch's caching allocator fail as plain RuntimeErrors (AcceleratorError):

@@ -14,7 +14,13 @@ and greedy steps copy nothing. Only for models whose default cache is all plain 
 from __future__ import annotations
 
 import torch
+import transformers
+from packaging.version import Version
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+# generate's cache argument and a model output's cache: transformers 5.24 renamed past_key_values
+# to cache (the old name warns, in every task's log, and goes in 6.0); earlier 5.x know only past_key_values.
+CACHE_KEYWORD = "cache" if Version(transformers.__version__).release >= (5, 24) else "past_key_values"
 
 
 def preallocatable(model) -> bool:

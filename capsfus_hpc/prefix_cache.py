@@ -23,7 +23,7 @@ import inspect
 
 import torch
 
-from .kv_cache import PreallocatedCache
+from .kv_cache import CACHE_KEYWORD, PreallocatedCache
 from .prompt import PROBES, render
 
 
@@ -62,7 +62,7 @@ class PrefixCache:
         allocated for `capacity` tokens (kv_cache.py), or without one a DynamicCache."""
         if self._cache is None:
             prefix = torch.tensor([self.ids], dtype=torch.long, device=self.model.device)
-            self._cache = self.model(input_ids=prefix, use_cache=True).past_key_values
+            self._cache = getattr(self.model(input_ids=prefix, use_cache=True), CACHE_KEYWORD)
         if capacity is not None:
             return PreallocatedCache(len(self._cache.layers), capacity).start_from(self._cache, rows)
         cache = copy.deepcopy(self._cache)

@@ -32,12 +32,17 @@ def test_generation_is_deterministic(smoke_model, pairs):
 @pytest.mark.parametrize("prefix_cache", [True, False])
 @pytest.mark.parametrize("beams", [1, 3])
 def test_generation_uses_no_deprecated_argument_of_the_installed_transformers(smoke_model, pairs, prefix_cache,
-                                                                               beams):
+                                                                               beams, monkeypatch):
+    from transformers.utils import generic
+
+    said = []  # transformers' own deprecation notes (its logger, once a process): none may come from us
+    monkeypatch.setattr(generic.logger, "warning_once", lambda message, *args: said.append(message))
     engine = load_engine(smoke_model, batch_size=8, max_new_tokens=8, num_beams=beams, prefix_cache=prefix_cache)
     with warnings.catch_warnings():  # a deprecated argument warns on every batch, in every task's log
         warnings.simplefilter("error", FutureWarning)
         warnings.simplefilter("error", DeprecationWarning)
         assert len(engine.fuse(pairs[:8])) == 8
+    assert said == []
 
 
 def test_reference_defaults_and_cpu_dtype(smoke_model):

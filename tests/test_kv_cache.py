@@ -7,8 +7,7 @@ import torch
 from transformers import GenerationConfig, LlamaConfig, MistralConfig
 from transformers.cache_utils import DynamicCache
 
-from capsfus_hpc.engine import CACHE_KEYWORD
-from capsfus_hpc.kv_cache import PreallocatedCache, preallocatable
+from capsfus_hpc.kv_cache import CACHE_KEYWORD, PreallocatedCache, preallocatable
 
 from .conftest import load_engine
 

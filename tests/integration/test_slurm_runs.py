@@ -154,7 +154,11 @@ def test_a_cancelled_shard_shows_cancelled_and_resume_resubmits_exactly_it(tmp_p
     manifest = manifest_of(tmp_path, with_urls(real_records[:90]), 30)
     run = tmp_path / "run"
     options = ["--model", smoke_model, "--chunk-rows", 8, "--window-rows", 4, "--batch-size", 4]
-    capsfus("submit", manifest, "-o", run, *options, "--array-parallelism", 1, *CHEAP)
+    # A slow model (1 s a window, 8 windows a shard), so the cancel lands mid-shard: a fast one once
+    # finished its last chunk after the SIGTERM, and the shard was done.
+    subprocess.run([sys.executable, "-m", "capsfus_hpc", "submit", manifest, "-o", run, *map(str, options),
+                    "--array-parallelism", "1", *map(str, CHEAP)], check=True, capture_output=True,
+                   env={**os.environ, "CAPSFUS_FAULT": "sleep_per_window:1"})
     paths = RunPaths(run)
     [entry] = ledger.read(paths.ledger)
     wait_until(lambda: (r := read_progress(paths.progress(0))) is not None and r.chunks, 180, "shard 0 working")
