@@ -26,7 +26,7 @@ from . import options as opt
 from .paths import ReducePaths, RunPaths
 from .profiles import load_profile
 from .caption_rules import CaptionRules
-from .reduce import STATS_FILE, ReduceOptions, check_final, load_rules, reduce_run
+from .reduce import ReduceOptions, check_final, load_rules, reduce_run
 from .settings import load_run, load_settings, open_or_create, requested_settings
 from .slurm import SlurmOptions
 from .status import DAMAGED, FAILED, gather_status, rows_committed
@@ -383,7 +383,9 @@ def reduce(
             else:
                 for job in jobs:
                     console.print(f"submitted {job.stage}: job {job.job_id} ({job.tasks} task(s))")
-                console.print(f"the dataset is complete when {safe(final.absolute() / STATS_FILE)} exists")
+                console.print(f"the dataset in {safe(final.absolute())} is replaced when the assemble job completes "
+                              "(an earlier one stays whole until then); follow it with: capsfus-hpc status "
+                              f"{safe(shlex.quote(str(paths.root)))}")
             return
         stats = wait_for_reduce(final, jobs)
     elif not (workers is None or workers > 0):

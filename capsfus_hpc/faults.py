@@ -10,6 +10,7 @@
       part_renamed      the part is in place; the progress record does not name it yet
       progress_write    halfway through writing the progress record's temporary file
       progress_written  the progress record names the new part
+      publish           (reduce) the earlier stats.json is gone and one new file moved into FINAL
 
 It travels to SLURM tasks with the submitting environment (sbatch --export=ALL, the default).
 """
@@ -22,7 +23,8 @@ import time
 from collections import Counter
 
 FAULT_ENV = "CAPSFUS_FAULT"
-CRASH_STEPS = ("window", "part_write", "part_renamed", "progress_write", "progress_written")
+CRASH_STEPS = ("window", "part_write", "part_renamed", "progress_write", "progress_written")  # of a worker
+REDUCE_CRASH_STEPS = ("publish",)
 _reached: Counter = Counter()
 
 
@@ -42,7 +44,7 @@ def after_window() -> None:
 
 
 def reached(step: str) -> None:
-    """A named point of the worker; with crash_at set to it, the Nth call kills the process."""
+    """A named point of the worker (or of a reduce); with crash_at set to it, the Nth call kills the process."""
     spec = _value("crash_at")
     if not spec:
         return

@@ -19,6 +19,7 @@ from . import ledger
 from .errors import CapsfusError
 from .paths import RunPaths
 from .reduce import reduce_task
+from .reduce_lock import refuse_active_reduce
 from .manifest import load_manifest
 from .settings import load_run
 from .slurm import (
@@ -158,6 +159,8 @@ def prepare_slurm(paths: RunPaths, manifest_path: Path, options: SlurmOptions, s
     SLURM answered; away from a cluster (a dry run on a laptop) SLURM's default MaxArraySize is assumed."""
     manifest = load_manifest(manifest_path)
     status = gather_status(paths, manifest, verify=True) if paths.run_config.exists() else derive_status(manifest, {}, {})
+    if then_reduce is not None:
+        refuse_active_reduce(then_reduce, status.reduce_jobs)
     reachable = slurm_reachable()
     max_tasks = max_array_size() if reachable else DEFAULT_MAX_ARRAY_SIZE
     return plan_slurm(paths, status, options, shards_per_task, max_tasks, samples_per_s, then_reduce), reachable

@@ -66,6 +66,8 @@ class ReducePaths:
     FINAL/.reduce/plan.json                    what each reduce task does (reduce_plan.py)
     FINAL/.reduce/map-00003/...                one key task's spilled keys and counts
     FINAL/.reduce/dedup/key-00007.arrow        the rows of key partition 7 that share a key
+    FINAL/.reduce/dataset/                     the new dataset, moved into FINAL once complete
+                                               (reduce_publish.py); the earlier one stays until then
     """
 
     root: Path
@@ -112,6 +114,10 @@ class ReducePaths:
 
     def map_done(self, task: int) -> Path:
         return self.map_dir(task) / "done.json"
+
+    @property
+    def staged(self) -> ReducePaths:
+        return ReducePaths(self.work / "dataset")
 
     def dedup(self, kind: str, partition: int) -> Path:
         return self.work / "dedup" / f"{kind}-{partition:05d}.arrow"

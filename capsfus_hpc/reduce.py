@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import forkserver
@@ -33,6 +34,7 @@ from .reduce_assemble import DUPLICATE_CAPTION, DUPLICATE_KEY, DUPLICATES_SCHEMA
 from .reduce_dedup import DUPLICATE_OF, dedup_task
 from .reduce_judge import CAPTION_REASON_PREFIX, REJECT_DETAIL, REJECT_REASON, load_screen
 from .reduce_keys import keys_task
+from .reduce_lock import hold_final, refuse_active_reduce
 from .near_dup import NearDuplicates
 from .reduce_plan import ReduceOptions, ReducePlan, load_rules, plan_reduce, write_plan
 from .settings import load_run
@@ -70,17 +72,16 @@ def check_final(final: ReducePaths, run: RunPaths) -> None:
 
 
 def _prepare_final(final: ReducePaths) -> None:
-    """The folder emptied of an earlier reduce's output (check_final has vouched for it)."""
+    """Room for a new dataset beside the earlier one, which stays whole until the new one is
+    published (check_final has vouched for the folder): a failed reduce's staging folder goes."""
     final.root.mkdir(parents=True, exist_ok=True)
-    # stats.json goes first, so the folder reads as unfinished until this reduce completes.
-    final.stats.unlink(missing_ok=True)
-    for old in [*final.root.glob("data-*.parquet"), final.rejects, final.duplicates, final.card]:
-        old.unlink(missing_ok=True)
+    shutil.rmtree(final.staged.root, ignore_errors=True)
 
 
 def prepare_reduce(paths: RunPaths, final: Path, options: ReduceOptions, workers: int) -> ReducePlan:
-    """Check the options and that the run is complete (or --allow-partial), then write the plan
-    into the final folder: nothing of an earlier dataset there is removed before these checks."""
+    """Check the options, that the run is complete (or --allow-partial) and that no other reduce
+    into the folder is queued or running, then write the plan into the final folder. The caller
+    holds the folder (reduce_lock.hold_final)."""
     if options.near_dup is not None:
         NearDuplicates(options.near_dup)  # its threshold, and that datasketch is installed
     _, manifest = load_run(paths)
@@ -88,6 +89,7 @@ def prepare_reduce(paths: RunPaths, final: Path, options: ReduceOptions, workers
     status = gather_status(paths, manifest, records=records)
     if not status.complete and not options.allow_partial:
         raise CapsfusError(incomplete_message(paths, status))
+    refuse_active_reduce(final, status.reduce_jobs)
     parts, _ = committed_parts(paths, manifest, records)
     if not parts:
         raise CapsfusError(f"run {paths.root} has no committed rows to reduce")
@@ -123,27 +125,28 @@ def reduce_run(paths: RunPaths, final: Path, options: ReduceOptions = ReduceOpti
     if workers > 1:  # the server loads reduce_preload while this process plans
         context.set_forkserver_preload([f"{__package__}.reduce_preload"])
         forkserver.ensure_running()
-    plan = prepare_reduce(paths, final, options, workers)
-    load_screen()  # for assemble, here, while the server loads the workers' kernels
-    final_dir = plan.final
-    dedup_tasks = [(final_dir, kind, p) for kind in plan.kinds for p in range(plan.partitions)]
-    processes = min(workers, max(len(plan.key_tasks), len(dedup_tasks)))
-    pool = ProcessPoolExecutor(processes, mp_context=context) if processes > 1 else None
-    done = [0]
+    with hold_final(Path(final).absolute()):
+        plan = prepare_reduce(paths, final, options, workers)
+        load_screen()  # for assemble, here, while the server loads the workers' kernels
+        final_dir = plan.final
+        dedup_tasks = [(final_dir, kind, p) for kind in plan.kinds for p in range(plan.partitions)]
+        processes = min(workers, max(len(plan.key_tasks), len(dedup_tasks)))
+        pool = ProcessPoolExecutor(processes, mp_context=context) if processes > 1 else None
+        done = [0]
 
-    def advance(rows: int) -> None:
-        done[0] += rows
-        if on_rows:
-            on_rows(done[0])
+        def advance(rows: int) -> None:
+            done[0] += rows
+            if on_rows:
+                on_rows(done[0])
 
-    try:
-        _run_stage(pool, keys_task, [(final_dir, t) for t in range(len(plan.key_tasks))],
-                   lambda result: advance(result["rows"]))
-        _run_stage(pool, dedup_task, dedup_tasks)
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    return assemble_task(final_dir, on_rows=advance)
+        try:
+            _run_stage(pool, keys_task, [(final_dir, t) for t in range(len(plan.key_tasks))],
+                       lambda result: advance(result["rows"]))
+            _run_stage(pool, dedup_task, dedup_tasks)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+        return assemble_task(final_dir, on_rows=advance)
 
 
 def reduce_task(run_dir: str, final: str) -> dict:

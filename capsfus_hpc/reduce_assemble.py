@@ -5,7 +5,8 @@ MAX_READERS; each batch is judged (reduce_judge.py), its rows that pass are offe
 duplicate groups of each kind in turn (reduce_dedup.py), then to the near-duplicate index
 (near_dup.py, opt-in); what is left goes to the data files, the rest to rejects.parquet with the
 reason. Reading each row once, here, is why captions are not judged in the parallel key tasks:
-judging there meant decoding every part twice.
+judging there meant decoding every part twice. The dataset is written into FINAL/.reduce/dataset/
+and moved into FINAL only once complete (reduce_publish.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .reconcile import committed_parts
 from .reduce_dedup import DUPLICATE_OF, DuplicateGroups
 from .reduce_judge import REJECT_DETAIL, REJECT_REASON, Judged, batches, conform, judge_batch, load_screen, screened_rows
 from .reduce_plan import CAPTION, KEY, ReducePlan, read_plan, rules_document
+from .reduce_publish import publish
 from .settings import load_run
 from .status import read_records
 
@@ -93,10 +95,9 @@ def _near_winners(near: NearDuplicates, table: pa.Table, row_ids: np.ndarray, ke
     return winners
 
 
-def _remove_on_error(folder: Path, names: list[str], error: BaseException | None) -> None:
+def _remove_on_error(folder: Path, error: BaseException | None) -> None:
     if error is not None:
-        for name in names:
-            (folder / name).unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _write_dropped(rejects: DataWriter, dropped: pa.Table | None, duplicates: DataWriter | None) -> None:
@@ -108,9 +109,11 @@ def _write_dropped(rejects: DataWriter, dropped: pa.Table | None, duplicates: Da
 
 
 def assemble_task(final_dir: str, on_rows=None) -> dict:
-    """Write the data files, rejects, duplicates, card and, last, stats.json; returns the stats."""
+    """Write the data files, rejects, duplicates, card and, last, stats.json, then publish them
+    into the final folder; returns the stats."""
     plan = read_plan(Path(final_dir))
-    run, out, options = plan.run_paths, plan.final_paths, plan.options
+    run, final, options = plan.run_paths, plan.final_paths, plan.options
+    out = final.staged
     settings, manifest = load_run(run)
     load_screen()
     columns = manifest.columns
@@ -126,18 +129,19 @@ def assemble_task(final_dir: str, on_rows=None) -> dict:
     counts: Counter = Counter()
     duplicates_by_kind: Counter = Counter()
     rows_out = 0
-    # Commit order: each file appears under its final name only when complete (atomic_path):
-    # the data files as they fill, then (as the stack unwinds) duplicates and rejects; then the
-    # card, and stats.json last, which marks a complete reduce. A reduce that fails (a damaged
-    # part, say) removes the data files it had published.
+    # Commit order, in the staging folder: each file appears under its name only when complete
+    # (atomic_path): the data files as they fill, then (as the stack unwinds) duplicates and
+    # rejects; then the card, and stats.json last; publish() then moves them into FINAL in its
+    # own order. A reduce that fails (a damaged part, say) removes the staging folder, and the
+    # earlier dataset in FINAL is untouched.
     with ExitStack() as stack:
+        stack.push(lambda kind, error, trace: _remove_on_error(out.root, error))  # last out: after the writers
         rejects = stack.enter_context(DataWriter(lambda _: out.rejects, rejects_schema, float("inf"),
                                                  options.row_group_rows))
         duplicates = stack.enter_context(DataWriter(lambda _: out.duplicates, DUPLICATES_SCHEMA, float("inf"),
                                                     options.row_group_rows)) if options.write_duplicates else None
         data = stack.enter_context(DataWriter(out.data_file, data_schema, options.target_file_bytes,
                                               options.row_group_rows))
-        stack.push(lambda kind, error, trace: _remove_on_error(out.root, data.files, error))
         # Two threads write (parquet encoding releases the GIL): one the data files, the
         # longest job of this stage, and one the rejects and duplicates; so encoding overlaps
         # judging the next batch. Each file has one writer; at most two batches wait.
@@ -210,9 +214,10 @@ def assemble_task(final_dir: str, on_rows=None) -> dict:
         raise CapsfusError(f"internal error: rows do not add up: {json.dumps(stats)}")
     atomic_write_bytes(out.card, dataset_card(stats, data_schema, settings).encode())
     atomic_write_json(out.stats, stats)
-    for entry in out.work.iterdir():
-        if entry != out.logs:
+    publish(out, final)
+    for entry in final.work.iterdir():
+        if entry != final.logs:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    if not any(out.work.iterdir()):
-        out.work.rmdir()
+    if not any(final.work.iterdir()):
+        final.work.rmdir()
     return stats

@@ -20,7 +20,8 @@ from .reduce import prepare_reduce
 from .reduce_assemble import assemble_task
 from .reduce_dedup import dedup_task
 from .reduce_keys import keys_task
-from .reduce_plan import ReduceOptions
+from .reduce_lock import hold_final
+from .reduce_plan import ReduceOptions, ReducePlan
 from .scheduler import NEVER_STARTS, behind_never_starts, parse_sacct, parse_squeue
 from .slurm import SlurmOptions, _run, max_array_size, spec_for, submit_array
 
@@ -35,7 +36,11 @@ class ReduceJob:
 def submit_reduce(paths: RunPaths, final: Path, options: ReduceOptions, slurm: SlurmOptions,
                   tasks: int) -> list[ReduceJob]:
     """Plan the reduce for about `tasks` tasks per stage and submit its stages; returns the jobs."""
-    plan = prepare_reduce(paths, final, options, tasks)
+    with hold_final(Path(final).absolute()):  # until the jobs are in the ledger, for the next reduce to see
+        return _submit_stages(paths, prepare_reduce(paths, final, options, tasks), slurm)
+
+
+def _submit_stages(paths: RunPaths, plan: ReducePlan, slurm: SlurmOptions) -> list[ReduceJob]:
     limit = max_array_size()
     dedup_tasks = [(plan.final, kind, p) for kind in plan.kinds for p in range(plan.partitions)]
     if max(len(plan.key_tasks), len(dedup_tasks)) > limit:
@@ -56,23 +61,31 @@ def submit_reduce(paths: RunPaths, final: Path, options: ReduceOptions, slurm: S
     return jobs
 
 
+def _published(out: ReducePaths) -> dict | None:
+    """This reduce's stats once it has published its dataset. An earlier dataset's stats.json does
+    not count: assemble removes the plan this reduce wrote only after publishing."""
+    if out.stats.exists() and not out.plan.exists():
+        return json.loads(out.stats.read_text())
+    return None
+
+
 def wait_for_reduce(final: Path, jobs: list[ReduceJob], poll_s: float = 2.0) -> dict:
-    """Block until stats.json appears (returns the stats) or a stage's job ends without it."""
+    """Block until the dataset is published (returns the stats) or a stage's job ends without it."""
     out = ReducePaths(final)
     ids = [job.job_id for job in jobs]
     while True:
-        if out.stats.exists():
-            return json.loads(out.stats.read_text())
+        if (stats := _published(out)) is not None:
+            return stats
         queued = behind_never_starts(ids, parse_squeue(_run(["squeue", "-h", "-r", "-o", "%i|%T|%r"])))
         # A stage behind a failed one waits forever (NEVER_STARTS): it counts as ended.
         active = [task for task, state in queued.items() if task.split("_")[0] in ids and state != NEVER_STARTS]
         if not active:
-            if out.stats.exists():
-                return json.loads(out.stats.read_text())
+            if (stats := _published(out)) is not None:
+                return stats
             states = parse_sacct(_run(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "--format=JobID,State"]))
             failed = {task: state for task, state in states.items() if state != "COMPLETED"}
             stage = {job.job_id: job.stage for job in jobs}
             described = ", ".join(f"{stage.get(t.split('_')[0], '?')} task {t}: {s}" for t, s in sorted(failed.items()))
-            raise CapsfusError(f"the reduce jobs ended without {out.stats}: {described or 'no state recorded'}; "
-                               f"logs in {out.logs}")
+            raise CapsfusError(f"the reduce jobs ended without publishing a dataset into {out.root}: "
+                               f"{described or 'no state recorded'}; logs in {out.logs}")
         time.sleep(poll_s)

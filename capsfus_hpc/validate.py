@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
+
+# Whitespace and the invisible format characters (zero-width space, soft hyphen, BOM, direction
+# marks) that web alt-texts hold alone: a caption of nothing else gives the model nothing to read.
+# Every whitespace character, and every format character but a few rare scripts', is below U+3001.
+_INVISIBLE = "".join(c for c in map(chr, [*range(0x3001), 0xFEFF]) if c.isspace() or unicodedata.category(c) == "Cf")
 
 
 def input_problem(raw: Any, synthetic: Any, staging_error: str | None, columns, max_chars: int) -> tuple[str, str] | None:
@@ -17,7 +23,7 @@ def input_problem(raw: Any, synthetic: Any, staging_error: str | None, columns, 
             return f"{role}_null", f"{name} is null"
         if not isinstance(value, str):
             return f"{role}_not_string", f"{name} is a {type(value).__name__}, not a string"
-        if not value.strip():
+        if not value.strip(_INVISIBLE):
             return f"{role}_empty", f"{name} is empty or whitespace"
         if len(value) > max_chars:
             return f"{role}_too_long", f"{name} has {len(value)} characters, over the limit of {max_chars}"

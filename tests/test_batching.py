@@ -2,6 +2,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from capsfus_hpc.batching import KV_SHARE, batch_size_at, kv_bytes_per_token, tokens_that_fit
+from capsfus_hpc.kv_cache import CACHE_KEYWORD
 
 
 def test_batches_by_token_budget_take_more_short_prompts_than_long_ones():
@@ -17,7 +18,7 @@ def test_batches_by_token_budget_take_more_short_prompts_than_long_ones():
 def test_kv_bytes_per_token_is_what_the_model_caches(smoke_model):
     model = AutoModelForCausalLM.from_pretrained(smoke_model).eval()
     with torch.inference_mode():
-        cache = model(input_ids=torch.tensor([[1, 5, 6, 7, 8, 9, 10]]), use_cache=True).past_key_values
+        cache = getattr(model(input_ids=torch.tensor([[1, 5, 6, 7, 8, 9, 10]]), use_cache=True), CACHE_KEYWORD)
     cached = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
     assert kv_bytes_per_token(model.config, model.dtype.itemsize) * 7 == cached
 

@@ -1,5 +1,7 @@
 import io
 import json
+import os
+import subprocess
 import sys
 
 import pyarrow.parquet as pq
@@ -7,11 +9,14 @@ import pytest
 
 from capsfus_hpc.errors import CapsfusError
 from capsfus_hpc import reduce_judge, reduce_plan
+from capsfus_hpc.faults import FAULT_ENV, REDUCE_CRASH_STEPS
+from capsfus_hpc.reduce_lock import active_reduces, hold_final
+from capsfus_hpc.scheduler import ReduceJobState
 from capsfus_hpc.reduce import prepare_reduce, DATA_FILE, DUPLICATES_FILE, REJECTS_FILE, STATS_FILE, ReduceOptions, reduce_run
 from capsfus_hpc.settings import load_run
 from capsfus_hpc.worker import run_shard
 
-from .conftest import ReplayEngine, make_run, run_with_official_captions, with_urls, write_parquet
+from .conftest import REPO, ReplayEngine, make_run, run_with_official_captions, with_urls, write_parquet
 
 
 @pytest.fixture
@@ -278,3 +283,78 @@ def test_the_fork_servers_preload_runs_the_kernels_it_names():
     # reduce_preload swallows errors (loading ahead only saves time); here they would show.
     from capsfus_hpc.reduce_preload import load_kernels
     load_kernels()
+
+
+def _all_bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _damage_fused_captions(part):
+    """Flip a bit inside the fused captions' page: only assemble decodes it, after the key stage."""
+    clean = part.read_bytes()
+    metadata = pq.ParquetFile(io.BytesIO(clean)).metadata
+    column = metadata.row_group(0).column(metadata.schema.names.index("fused_caption"))
+    data = bytearray(clean)
+    data[column.data_page_offset + column.total_compressed_size // 2] ^= 0x01
+    part.write_bytes(bytes(data))
+    return clean
+
+
+def test_a_reduce_that_fails_leaves_the_earlier_dataset_whole(tmp_path, finished_run, _run_all, monkeypatch):
+    _run_all(finished_run)
+    final = tmp_path / "final"
+    options = ReduceOptions(target_file_bytes=1, row_group_rows=4, write_duplicates=True)
+    reduce_run(finished_run, final, options)
+    before = _all_bytes(final)
+    assert len([name for name in before if name.startswith("data-")]) >= 3 and STATS_FILE in before
+    clean = _damage_fused_captions(finished_run.part(1, 2))
+    monkeypatch.setattr(reduce_judge, "BATCH_ROWS", 8)  # new data files are written before the damage is met
+    with pytest.raises(CapsfusError, match=r"shard 1 chunk 2: part .* does not match its checksum"):
+        reduce_run(finished_run, final, options)
+    assert _all_bytes(final) == before  # stats.json included: still a complete dataset
+    assert not (final / ".reduce" / "dataset").exists()  # what the failed reduce staged is gone
+    finished_run.part(1, 2).write_bytes(clean)
+    # A reduce that writes fewer files leaves none of the earlier ones behind.
+    stats = reduce_run(finished_run, final, ReduceOptions())
+    assert sorted(_all_bytes(final)) == sorted([*stats["files"]["data"], REJECTS_FILE, "README.md", STATS_FILE])
+    assert stats["files"]["data"] == [DATA_FILE] and not (final / ".reduce").exists()
+
+
+@pytest.mark.parametrize("step", REDUCE_CRASH_STEPS)
+def test_a_reduce_killed_while_publishing_reads_unfinished_and_the_next_one_completes_it(
+        tmp_path, finished_run, _run_all, step):
+    _run_all(finished_run)
+    reduce_run(finished_run, tmp_path / "clean", ReduceOptions(dedup_caption=True))
+    final = tmp_path / "final"
+    reduce_run(finished_run, final, ReduceOptions(target_file_bytes=1, row_group_rows=4))  # an earlier dataset
+    killed = subprocess.run([sys.executable, "-m", "capsfus_hpc", "reduce", str(finished_run.root), "--final",
+                             str(final), "--dedup-caption", "--workers", "1"], cwd=REPO, capture_output=True,
+                            text=True, env={**os.environ, FAULT_ENV: f"crash_at:{step}@1"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (final / STATS_FILE).exists() and (final / ".reduce" / "plan.json").exists()
+    reduce_run(finished_run, final, ReduceOptions(dedup_caption=True))
+    assert _all_bytes(final).keys() == _all_bytes(tmp_path / "clean").keys()
+    assert _file_bytes(final) == _file_bytes(tmp_path / "clean")
+
+
+def test_a_second_reduce_into_a_folder_being_written_is_refused(tmp_path, finished_run, _run_all):
+    _run_all(finished_run)
+    final = tmp_path / "final"
+    with hold_final(final):
+        with pytest.raises(CapsfusError, match=rf"another reduce is writing {final} right now"):
+            reduce_run(finished_run, final)
+    assert not final.exists()  # the folder made to be held, and left empty, is gone again
+    assert reduce_run(finished_run, final)["rows_in"] == 60
+
+
+def test_reduce_jobs_into_the_folder_that_slurm_still_has_are_active_but_not_the_asking_one(tmp_path):
+    final = tmp_path / "final"
+    final.mkdir()
+    (tmp_path / "link").symlink_to(final)
+    jobs = (ReduceJobState("11", str(tmp_path / "link"), "keys", {"PENDING": 2}),
+            ReduceJobState("12_0", str(final), None, {"RUNNING": 1}),
+            ReduceJobState("13", str(final), "assemble", {"COMPLETED": 1}),
+            ReduceJobState("14", str(final), "dedup", {"DEPENDENCY_NEVER_SATISFIED": 3}),
+            ReduceJobState("15", str(tmp_path / "other"), "keys", {"RUNNING": 1}))
+    assert [job.job_id for job in active_reduces(final, jobs, own_job=None)] == ["11", "12_0"]
+    assert [job.job_id for job in active_reduces(final, jobs, own_job="12")] == ["11"]

@@ -2,19 +2,23 @@
 give the same bytes."""
 
 import json
+import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from capsfus_hpc import reduce_plan
 from capsfus_hpc.errors import CapsfusError
+from capsfus_hpc.launch import prepare_slurm
 from capsfus_hpc.reduce import STATS_FILE, ReduceOptions, reduce_run
 from capsfus_hpc.reduce_slurm import submit_reduce, wait_for_reduce
 from capsfus_hpc.scheduler import NEVER_STARTS
+from capsfus_hpc.settings import load_run
 from capsfus_hpc.slurm import SlurmOptions
 
 from ..conftest import make_run, run_with_official_captions, with_urls, write_parquet
-from ..test_cli import capsfus
+from ..test_cli import assert_one_line_error, capsfus
 from .test_slurm_runs import status_of, wait_until
 
 OPTIONS = ReduceOptions(dedup_caption=True, write_duplicates=True, near_dup=0.9)
@@ -95,3 +99,28 @@ def test_a_failed_reduce_stage_stops_the_later_ones_and_status_watch_says_which(
     assert watched.stderr.strip().splitlines()[-1] == (
         f"error: reduce keys job {jobs[0].job_id} into {final} failed; its log: {final / '.reduce' / 'logs'}")
     subprocess.run(["scancel", *[job.job_id for job in jobs]], check=True)
+
+
+def test_no_second_reduce_into_a_folder_while_slurm_has_one_queued(tmp_path, real_records, smoke_model):
+    paths = _finished_run(tmp_path, real_records, smoke_model)
+    final = tmp_path / "final"
+    earlier = reduce_run(paths, final, OPTIONS, workers=1)
+    held = SlurmOptions(cpus=1, mem="2G", time="10", extra=("--hold",))
+    jobs = submit_reduce(paths, final, OPTIONS, held, tasks=1)
+    ids = [job.job_id for job in jobs]
+    try:
+        queued = ", ".join(f"{job.stage} job {job.job_id} (PENDING)" for job in jobs)
+        with pytest.raises(CapsfusError, match=re.escape(f"a reduce into {final} is still queued or running: {queued}; "
+                                                         f"wait for it, or scancel {' '.join(sorted(ids))}")):
+            reduce_run(paths, final, OPTIONS, workers=1)
+        refused = capsfus("reduce", paths.root, "--final", final, "--slurm", check=False)
+        assert_one_line_error(refused, f"a reduce into {final} is still queued or running")
+        settings, _ = load_run(paths)
+        with pytest.raises(CapsfusError, match="is still queued or running"):  # submit --then-reduce
+            prepare_slurm(paths, Path(settings.manifest), SlurmOptions(), 1, 50.0, final)
+        assert json.loads((final / STATS_FILE).read_text()) == earlier  # the earlier dataset waits, whole
+    finally:
+        subprocess.run(["scancel", *ids], check=True)
+    wait_until(lambda: not any(job["states"].get("PENDING") for job in status_of(paths.root)["reduce_jobs"]), 60,
+               "the cancelled reduce jobs to leave the queue")
+    assert reduce_run(paths, final, OPTIONS, workers=1) == earlier
