@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import CapsfusError
+from .validate import blank
 
 RULE_ORDER = ("empty", "truncated", "too_long", "garbage", "copy_through", "too_short", "repetition", "prompt_echo")
 
@@ -159,8 +160,8 @@ def judge(fused_caption: Any, raw_caption: Any, synthetic_caption: Any, finish_r
         return "empty", "the model wrote no caption"
     if not isinstance(text, str):
         return "garbage", f"the caption is a {type(text).__name__}, not text"
-    if not text or text.isspace():
-        return "empty", "the caption is empty or whitespace"
+    if blank(text):
+        return "empty", "the caption is empty or shows only whitespace or invisible characters"
     if isinstance(finish_reason, str) and finish_reason == LENGTH_FINISH:
         return "truncated", "the model stopped at max_new_tokens, mid-caption"
     if len(text) > rules.max_chars:

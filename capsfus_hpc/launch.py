@@ -19,7 +19,7 @@ from . import ledger
 from .errors import CapsfusError
 from .paths import RunPaths
 from .reduce import reduce_task
-from .reduce_lock import refuse_active_reduce
+from .reduce_lock import refuse_active_reduce, refuse_held
 from .manifest import load_manifest
 from .settings import load_run
 from .slurm import (
@@ -160,6 +160,7 @@ def prepare_slurm(paths: RunPaths, manifest_path: Path, options: SlurmOptions, s
     manifest = load_manifest(manifest_path)
     status = gather_status(paths, manifest, verify=True) if paths.run_config.exists() else derive_status(manifest, {}, {})
     if then_reduce is not None:
+        refuse_held(then_reduce.absolute())
         refuse_active_reduce(then_reduce, status.reduce_jobs)
     reachable = slurm_reachable()
     max_tasks = max_array_size() if reachable else DEFAULT_MAX_ARRAY_SIZE

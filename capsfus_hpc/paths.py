@@ -63,6 +63,7 @@ class ReducePaths:
     FINAL/data-00000.parquet                   accepted rows (dataset_writer.py)
     FINAL/rejects.parquet, duplicates.parquet  rejected rows; dropped duplicates and their winners
     FINAL/README.md, FINAL/stats.json          dataset card; counts, written last
+    FINAL/.reduce/lock                         held by the one reduce writing FINAL (reduce_lock.py)
     FINAL/.reduce/plan.json                    what each reduce task does (reduce_plan.py)
     FINAL/.reduce/map-00003/...                one key task's spilled keys and counts
     FINAL/.reduce/dedup/key-00007.arrow        the rows of key partition 7 that share a key
@@ -77,6 +78,10 @@ class ReducePaths:
 
     def data_file(self, index: int) -> Path:
         return self.root / f"data-{index:05d}.parquet"
+
+    def data_files(self) -> list[Path]:
+        """The data files in the folder now."""
+        return sorted(self.root.glob("data-*.parquet"))
 
     @property
     def rejects(self) -> Path:
@@ -97,6 +102,10 @@ class ReducePaths:
     @property
     def work(self) -> Path:
         return self.root / ".reduce"
+
+    @property
+    def lock(self) -> Path:
+        return self.work / "lock"
 
     @property
     def plan(self) -> Path:

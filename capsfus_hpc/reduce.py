@@ -76,6 +76,11 @@ def _prepare_final(final: ReducePaths) -> None:
     published (check_final has vouched for the folder): a failed reduce's staging folder goes."""
     final.root.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(final.staged.root, ignore_errors=True)
+    final.staged.root.mkdir(parents=True)
+    if os.stat(final.staged.root).st_dev != os.stat(final.root).st_dev:
+        raise CapsfusError(f"{final.work} is on another file system than {final.root} (a mount or a link): the "
+                           "new dataset is moved in by rename, which cannot cross file systems; make it a plain "
+                           "folder")
 
 
 def prepare_reduce(paths: RunPaths, final: Path, options: ReduceOptions, workers: int) -> ReducePlan:

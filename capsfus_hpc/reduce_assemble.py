@@ -215,8 +215,11 @@ def assemble_task(final_dir: str, on_rows=None) -> dict:
     atomic_write_bytes(out.card, dataset_card(stats, data_schema, settings).encode())
     atomic_write_json(out.stats, stats)
     publish(out, final)
+    # The plan goes first: stats.json without a plan beside it is a published reduce, even if this
+    # task is killed before its scratch is gone (reduce_slurm.wait_for_reduce reads it so).
+    final.plan.unlink()
     for entry in final.work.iterdir():
-        if entry != final.logs:
+        if entry not in (final.logs, final.lock):  # the lock is its holder's to remove (reduce_lock.py)
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     if not any(final.work.iterdir()):
         final.work.rmdir()

@@ -19,20 +19,21 @@ import os
 
 from . import faults
 from .atomic import fsync_dir
+from .errors import CapsfusError
 from .paths import ReducePaths
 
 
 def published_names(final: ReducePaths) -> set[str]:
     """The dataset files in FINAL (an earlier reduce's, or what a crash midway through publishing left)."""
     named = (final.rejects, final.duplicates, final.card, final.stats)
-    return {p.name for p in final.root.glob("data-*.parquet")} | {p.name for p in named if p.exists()}
+    return {p.name for p in final.data_files()} | {p.name for p in named if p.exists()}
 
 
 def publish(staged: ReducePaths, final: ReducePaths) -> list[str]:
     """Move the staged dataset into FINAL in the order above; returns the names moved."""
     new = sorted(p.name for p in staged.root.iterdir() if p.is_file() and not p.name.startswith("."))
     if final.stats.name not in new:
-        raise RuntimeError(f"internal error: {staged.root} holds no {final.stats.name} to publish")
+        raise CapsfusError(f"internal error: {staged.root} holds no {final.stats.name} to publish")
     final.stats.unlink(missing_ok=True)
     fsync_dir(final.root)
     for name in sorted(published_names(final) - set(new)):

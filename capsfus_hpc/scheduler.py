@@ -7,6 +7,7 @@ still has squeue and its own folder, and `SchedulerView.note` says what is missi
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 
@@ -24,6 +25,8 @@ GONE = "GONE"  # a local task whose process is no longer there
 MISSING = "MISSING"
 # Pending behind a job that failed its afterok dependency: it will never start (reduce --slurm stages).
 NEVER_STARTS = "DEPENDENCY_NEVER_SATISFIED"
+# squeue is there but did not answer: a reduce job may still be queued or running.
+UNANSWERED = "SQUEUE_FAILED"
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,24 @@ def reduce_jobs(entries: list[Submission], squeue: dict[str, str], sacct: dict[s
     return tuple(jobs)
 
 
+def reduce_jobs_unanswered(entries: list[Submission], sacct: dict[str, str]) -> tuple[ReduceJobState, ...]:
+    """The reduce jobs when squeue did not answer: a task's state from sacct where it has one, else
+    UNANSWERED (it may still be queued or running)."""
+    jobs = []
+    for entry in entries:
+        states: dict[str, int] = {}
+        for task, _ in entry.tasks:
+            state = sacct.get(task, UNANSWERED)
+            states[state] = states.get(state, 0) + 1
+        jobs.append(ReduceJobState(entry.job_id, entry.final, entry.stage, states))
+    return tuple(jobs)
+
+
+def _sacct(entries: list[Submission]) -> tuple[bool, str]:
+    job_ids = ",".join(entry.job_id for entry in entries)
+    return _run(["sacct", "-X", "-n", "-P", "-j", job_ids, "--format=JobID,State"])
+
+
 def _run(command: list[str]) -> tuple[bool, str]:
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=60)
@@ -165,9 +186,13 @@ def query(entries: list[Submission]) -> SchedulerView:
         return SchedulerView()
     ok, squeue_text = _run(["squeue", "-h", "-r", "--me", "-o", "%i|%T|%r"])
     if not ok:
-        return SchedulerView(note=f"squeue failed ({squeue_text}); states come from the run folder only")
-    job_ids = ",".join(entry.job_id for entry in entries)
-    ok, sacct_text = _run(["sacct", "-X", "-n", "-P", "-j", job_ids, "--format=JobID,State"])
+        note = f"squeue failed ({squeue_text}); states come from the run folder only"
+        reduces = [entry for entry in entries if entry.kind == REDUCE]
+        if not reduces or not shutil.which("squeue"):  # no SLURM here: none of its jobs can be running
+            return SchedulerView(note=note)
+        ok, sacct_text = _sacct(reduces)  # slurmdbd may answer while slurmctld does not
+        return SchedulerView(note=note, reduce_jobs=reduce_jobs_unanswered(reduces, parse_sacct(sacct_text) if ok else {}))
+    ok, sacct_text = _sacct(entries)
     note = None if ok else (f"no accounting (sacct: {sacct_text}); ended tasks show no SLURM state, "
                             "only what the run folder records")
     squeue, sacct = parse_squeue(squeue_text), parse_sacct(sacct_text) if ok else None

@@ -6,10 +6,17 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-# Whitespace and the invisible format characters (zero-width space, soft hyphen, BOM, direction
-# marks) that web alt-texts hold alone: a caption of nothing else gives the model nothing to read.
-# Every whitespace character, and every format character but a few rare scripts', is below U+3001.
-_INVISIBLE = "".join(c for c in map(chr, [*range(0x3001), 0xFEFF]) if c.isspace() or unicodedata.category(c) == "Cf")
+# Whitespace, the invisible format characters (zero-width space, soft hyphen, BOM, direction marks,
+# tag characters) and the fillers that draw nothing (Hangul fillers, the blank Braille pattern, the
+# combining grapheme joiner) that web alt-texts hold alone: a caption of nothing else says nothing.
+_FILLERS = (0x034F, 0x115F, 0x1160, 0x2800, 0x3164, 0xFFA0)
+_INVISIBLE = "".join(c for c in map(chr, [*range(0x20000), *range(0xE0000, 0xF0000)])
+                     if c.isspace() or unicodedata.category(c) == "Cf") + "".join(map(chr, _FILLERS))
+
+
+def blank(text: str) -> bool:
+    """Whether the text shows nothing: empty, or only whitespace and invisible characters."""
+    return not text.strip(_INVISIBLE)
 
 
 def input_problem(raw: Any, synthetic: Any, staging_error: str | None, columns, max_chars: int) -> tuple[str, str] | None:
@@ -23,8 +30,8 @@ def input_problem(raw: Any, synthetic: Any, staging_error: str | None, columns, 
             return f"{role}_null", f"{name} is null"
         if not isinstance(value, str):
             return f"{role}_not_string", f"{name} is a {type(value).__name__}, not a string"
-        if not value.strip(_INVISIBLE):
-            return f"{role}_empty", f"{name} is empty or whitespace"
+        if blank(value):
+            return f"{role}_empty", f"{name} is empty or shows only whitespace or invisible characters"
         if len(value) > max_chars:
             return f"{role}_too_long", f"{name} has {len(value)} characters, over the limit of {max_chars}"
     return None

@@ -52,6 +52,8 @@ def test_a_sound_fused_caption_passes():
 RULE_EXAMPLES = [
     ("empty", "  \n\t", "A cat sleeps."),
     ("empty", None, "A cat sits."),
+    ("empty", "\u200b\u200b", "A cat\u200b sits."),  # zero-width spaces only
+    ("empty", "\u3164 \u2800", "A cat sits \u2801."),  # a Hangul filler and a blank Braille pattern
     ("too_short", "Wildfires.", "Wildfires near Burbank."),
     ("too_short", "T-ROC.", "The VW T-ROC."),
     ("too_long", " ".join(f"a{i}" for i in range(151)), " ".join(f"a{i}" for i in range(150))),

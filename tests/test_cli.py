@@ -10,6 +10,7 @@ from dataclasses import asdict
 import pytest
 
 from capsfus_hpc import ledger
+from capsfus_hpc.reduce_lock import hold_final
 from capsfus_hpc.slurm import SlurmOptions
 
 from .conftest import make_run, with_urls, write_parquet
@@ -159,6 +160,10 @@ def test_user_mistakes_end_in_one_line_that_names_them(tmp_path, real_records):
     busy = capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run", "--model", "x", "--then-reduce",
                    tmp_path / "elsewhere", "--dry-run", check=False)
     assert_one_line_error(busy, "elsewhere is not empty and holds no earlier reduce output")
+    with hold_final(tmp_path / "being-written"):  # a local reduce into it, running now
+        held = capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run", "--model", "x", "--then-reduce",
+                       tmp_path / "being-written", "--dry-run", check=False)
+    assert_one_line_error(held, "being-written right now (its lock", "wait for it to end")
     typo = capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run2", "--model", "./smoke-modle", "--local",
                    check=False)  # a path, which must not be taken for a hub id
     assert_one_line_error(typo, "--model ./smoke-modle: no such folder")

@@ -1,8 +1,11 @@
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+from contextlib import ExitStack
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -10,7 +13,7 @@ import pytest
 from capsfus_hpc.errors import CapsfusError
 from capsfus_hpc import reduce_judge, reduce_plan
 from capsfus_hpc.faults import FAULT_ENV, REDUCE_CRASH_STEPS
-from capsfus_hpc.reduce_lock import active_reduces, hold_final
+from capsfus_hpc.reduce_lock import active_reduces, hold_final, refuse_active_reduce, refuse_held
 from capsfus_hpc.scheduler import ReduceJobState
 from capsfus_hpc.reduce import prepare_reduce, DATA_FILE, DUPLICATES_FILE, REJECTS_FILE, STATS_FILE, ReduceOptions, reduce_run
 from capsfus_hpc.settings import load_run
@@ -58,7 +61,7 @@ def test_the_first_row_in_manifest_order_wins_a_duplicate_key(tmp_path, finished
     # row 34 repeats the URL of row 33, which was rejected: only an accepted row can win a key
     assert duplicates == {i: i - 1 for i in range(4, 60, 5) if i != 34}
     invalid = {r["row_id"]: (r["reject_reason"], r["reject_detail"]) for r in rejects if r["duplicate_of"] is None}
-    assert invalid == {7: ("synthetic_caption_empty", "laion_coco is empty or whitespace"),
+    assert invalid == {7: ("synthetic_caption_empty", "laion_coco is empty or shows only whitespace or invisible characters"),
                        33: ("raw_caption_null", "laion_2b is null")}
 
 
@@ -355,6 +358,57 @@ def test_reduce_jobs_into_the_folder_that_slurm_still_has_are_active_but_not_the
             ReduceJobState("12_0", str(final), None, {"RUNNING": 1}),
             ReduceJobState("13", str(final), "assemble", {"COMPLETED": 1}),
             ReduceJobState("14", str(final), "dedup", {"DEPENDENCY_NEVER_SATISFIED": 3}),
-            ReduceJobState("15", str(tmp_path / "other"), "keys", {"RUNNING": 1}))
-    assert [job.job_id for job in active_reduces(final, jobs, own_job=None)] == ["11", "12_0"]
-    assert [job.job_id for job in active_reduces(final, jobs, own_job="12")] == ["11"]
+            ReduceJobState("15", str(tmp_path / "other"), "keys", {"RUNNING": 1}),
+            ReduceJobState("16", str(final), "keys", {"COMPLETED": 1, "SQUEUE_FAILED": 1}))
+    assert [job.job_id for job in active_reduces(final, jobs, own_job=None)] == ["11", "12_0", "16"]
+    assert [job.job_id for job in active_reduces(final, jobs, own_job="12")] == ["11", "16"]
+    with pytest.raises(CapsfusError, match=r"still queued or running \(or SLURM did not answer whether it is\): "
+                                           r".*keys job 16 \(COMPLETED, SQUEUE_FAILED\); wait for it, or scancel 11 12 16"):
+        refuse_active_reduce(final, jobs)
+
+
+def test_the_lock_is_a_file_its_holder_removes_and_a_removed_one_is_taken_afresh(tmp_path):
+    final = tmp_path / "final"
+    lock = final / ".reduce" / "lock"
+    refuse_held(final)  # nothing there: nobody holds it, and nothing is made
+    assert not final.exists()
+    with ExitStack() as first:
+        first.enter_context(hold_final(final))
+        assert lock.is_file()
+        for refused in (lambda: hold_final(final).__enter__(), lambda: refuse_held(final)):
+            with pytest.raises(CapsfusError, match=f"is writing {final} right now"):
+                refused()
+        lock.unlink()  # as its holder does on the way out: whoever opened it before takes a new one
+        with ExitStack() as second:
+            second.enter_context(hold_final(final))
+            first.close()  # the first holder leaves the second's lock alone
+            assert lock.is_file()
+            with pytest.raises(CapsfusError, match=f"is writing {final} right now"):
+                refuse_held(final)
+        assert not (final / ".reduce").exists()  # the lock went with its holder, and the emptied work folder
+    (final / ".reduce").mkdir()
+    lock.write_text("")  # left by a holder that was killed: its lock went with its process
+    with hold_final(final):
+        pass
+    assert not lock.exists() and final.is_dir()
+
+
+def test_a_work_folder_on_another_file_system_is_refused_before_anything_is_written(tmp_path, finished_run, _run_all):
+    elsewhere = Path("/dev/shm") / f"capsfus-test-{os.getpid()}"
+    if os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("/dev/shm is on the same file system as the test folder")
+    _run_all(finished_run)
+    final = tmp_path / "final"
+    reduce_run(finished_run, final)
+    before = _all_bytes(final)
+    shutil.rmtree(final / ".reduce", ignore_errors=True)
+    elsewhere.mkdir()
+    try:
+        (final / ".reduce").symlink_to(elsewhere)
+        with pytest.raises(CapsfusError, match=rf"{final}/.reduce is on another file system than {final} "
+                                               r"\(a mount or a link\).*make it a plain folder"):
+            reduce_run(finished_run, final)
+    finally:
+        shutil.rmtree(elsewhere)
+    (final / ".reduce").unlink()
+    assert _all_bytes(final) == before
