@@ -100,9 +100,9 @@ def parse_sacct(text: str) -> dict[str, str]:
     return {**grouped, **states}
 
 
-def _task_state(task: str, squeue: dict[str, str], sacct: dict[str, str] | None) -> str | None:
-    """squeue (live) over sacct (ended); with accounting, a task known to neither is MISSING."""
-    return squeue.get(task) or (sacct or {}).get(task) or (MISSING if sacct is not None else None)
+def _task_state(task: str, squeue: dict[str, str], sacct: dict[str, str] | None, unknown: str = MISSING) -> str | None:
+    """squeue (live) over sacct (ended); with accounting, a task known to neither is `unknown`."""
+    return squeue.get(task) or (sacct or {}).get(task) or (unknown if sacct is not None else None)
 
 
 def shard_tasks(entries: list[Submission], squeue: dict[str, str], sacct: dict[str, str] | None) -> dict[int, TaskState]:
@@ -130,10 +130,10 @@ def behind_never_starts(chain: list[str], squeue: dict[str, str]) -> dict[str, s
     return states
 
 
-def reduce_jobs(entries: list[Submission], squeue: dict[str, str], sacct: dict[str, str] | None
-                ) -> tuple[ReduceJobState, ...]:
+def reduce_jobs(entries: list[Submission], squeue: dict[str, str], sacct: dict[str, str] | None,
+                unknown: str = MISSING) -> tuple[ReduceJobState, ...]:
     """Each reduce job of the ledger with how many of its tasks are in each state: squeue over
-    sacct, MISSING with accounting where neither knows a task."""
+    sacct, `unknown` with accounting where neither knows a task (UNANSWERED where squeue failed)."""
     chains: dict[str | None, list[str]] = {}  # final folder -> the stages of its latest reduce --slurm
     for entry in entries:
         if entry.kind == REDUCE and entry.stage:
@@ -148,21 +148,8 @@ def reduce_jobs(entries: list[Submission], squeue: dict[str, str], sacct: dict[s
             continue
         states: dict[str, int] = {}
         for task, _ in entry.tasks:
-            if state := _task_state(task, squeue, sacct):
+            if state := _task_state(task, squeue, sacct, unknown):
                 states[state] = states.get(state, 0) + 1
-        jobs.append(ReduceJobState(entry.job_id, entry.final, entry.stage, states))
-    return tuple(jobs)
-
-
-def reduce_jobs_unanswered(entries: list[Submission], sacct: dict[str, str]) -> tuple[ReduceJobState, ...]:
-    """The reduce jobs when squeue did not answer: a task's state from sacct where it has one, else
-    UNANSWERED (it may still be queued or running)."""
-    jobs = []
-    for entry in entries:
-        states: dict[str, int] = {}
-        for task, _ in entry.tasks:
-            state = sacct.get(task, UNANSWERED)
-            states[state] = states.get(state, 0) + 1
         jobs.append(ReduceJobState(entry.job_id, entry.final, entry.stage, states))
     return tuple(jobs)
 
@@ -191,7 +178,7 @@ def query(entries: list[Submission]) -> SchedulerView:
         if not reduces or not shutil.which("squeue"):  # no SLURM here: none of its jobs can be running
             return SchedulerView(note=note)
         ok, sacct_text = _sacct(reduces)  # slurmdbd may answer while slurmctld does not
-        return SchedulerView(note=note, reduce_jobs=reduce_jobs_unanswered(reduces, parse_sacct(sacct_text) if ok else {}))
+        return SchedulerView(note=note, reduce_jobs=reduce_jobs(reduces, {}, parse_sacct(sacct_text) if ok else {}, UNANSWERED))
     ok, sacct_text = _sacct(entries)
     note = None if ok else (f"no accounting (sacct: {sacct_text}); ended tasks show no SLURM state, "
                             "only what the run folder records")
