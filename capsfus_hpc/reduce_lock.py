@@ -36,6 +36,7 @@ _NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
 def hold_final(folder: Path) -> Iterator[None]:
     """Hold the final folder (made if missing, and removed again if still empty on the way out)."""
     final = ReducePaths(folder)
+    refuse_not_folder(folder)
     created = not final.root.exists()
     final.work.mkdir(parents=True, exist_ok=True)
     fd = None
@@ -54,6 +55,7 @@ def hold_final(folder: Path) -> Iterator[None]:
 
 def refuse_held(folder: Path) -> None:
     """Refuse if a reduce holds the folder now; makes nothing (`submit --then-reduce`, dry runs too)."""
+    refuse_not_folder(folder)
     lock = ReducePaths(folder).lock
     try:
         fd = os.open(lock, os.O_RDONLY)
@@ -69,6 +71,18 @@ def refuse_held(folder: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def refuse_not_folder(folder: Path) -> None:
+    """Refuse a final folder that is, or lies under, a file or a link to nothing (a folder yet to be made is fine)."""
+    for path in (folder, *folder.parents):
+        if path.is_dir():
+            return
+        if path.is_symlink():
+            raise CapsfusError(f"final folder {folder}: {path} is a link to {os.readlink(path)}, which does not exist; "
+                               "make its target, or name another --final folder")
+        if path.exists():
+            raise CapsfusError(f"final folder {folder}: {path} is a file, not a folder; name another --final folder")
 
 
 def _lock(final: ReducePaths) -> int | None:

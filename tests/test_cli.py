@@ -171,6 +171,19 @@ def test_user_mistakes_end_in_one_line_that_names_them(tmp_path, real_records):
     assert_one_line_error(named, "m.json: not a run folder")
 
 
+def test_a_final_folder_that_is_a_file_or_a_link_to_nothing_is_refused_by_name(tmp_path, real_records, smoke_model):
+    paths = make_run(tmp_path, [write_parquet(tmp_path / "a.parquet", with_urls(real_records[:4]))], smoke_model, 4)
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    (tmp_path / "notes.txt").write_text("mine")
+    for final, named in ((tmp_path / "dangling", "dangling is a link to "),
+                         (tmp_path / "notes.txt" / "final", "notes.txt is a file, not a folder")):
+        for command in (("reduce", paths.root, "--final", final),
+                        ("submit", tmp_path / "run-manifest.json", "-o", tmp_path / "run2", "--model", "x",
+                         "--then-reduce", final, "--dry-run")):
+            assert_one_line_error(capsfus(*command, check=False), f"final folder {final}: ", named)
+    assert not (tmp_path / "gone").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+
+
 @pytest.mark.parametrize("options, named", [
     (["--partition", "cpu"], "--partition is for --slurm"),
     (["--mem", "8G", "--time", "60"], "--time, --mem are for --slurm"),
