@@ -344,7 +344,7 @@ def reduce(
     near_dup: Annotated[Optional[float], typer.Option("--near-dup", help="Also drop captions this Jaccard-similar (word 3-grams, MinHash) to an earlier kept one, e.g. 0.9; needs capsfus-hpc\\[near-dup], in memory, for runs of a few million rows.")] = None,
     target_file_mb: Annotated[int, typer.Option(help="Start a new data file past this size.", min=1)] = 512,
     rules: Annotated[Optional[Path], typer.Option(help="JSON file of caption rule thresholds (see capsfus_hpc/caption_rules.py).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Processes to use (default: the CPUs this process may use); with --slurm, about how many tasks each stage gets.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Processes to use (default: the CPUs this process may use); with --slurm, about how many keys and dedup tasks to submit (default 1; assemble is one task).")] = None,
     on_slurm: Annotated[bool, typer.Option("--slurm", help="Run the reduce as SLURM arrays (keys, dedup, assemble) instead of here.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="With --slurm: wait for the dataset and print its stats.")] = False,
     partition: opt.Partition = None, account: opt.Account = None, qos: opt.Qos = None,
@@ -365,6 +365,8 @@ def reduce(
     if not on_slurm and (given_slurm := [name for name, value in slurm_only.items() if value]):
         raise CapsfusError(f"{', '.join(given_slurm)} {'is' if len(given_slurm) == 1 else 'are'} for --slurm "
                            "(a reduce here uses --workers processes of this machine)")
+    if not (workers is None or workers > 0):
+        raise CapsfusError("--workers must be at least 1")
     paths = RunPaths(run_dir)
     _, manifest = load_run(paths)
     options = ReduceOptions(allow_partial=allow_partial, dedup_caption=dedup_caption,
@@ -388,8 +390,6 @@ def reduce(
                               f"{safe(shlex.quote(str(paths.root)))}")
             return
         stats = wait_for_reduce(final, jobs)
-    elif not (workers is None or workers > 0):
-        raise CapsfusError("--workers must be at least 1")
     else:
         with row_progress(console, "reducing (keys, then judge and write)", 2 * manifest.total_rows) as advance:
             stats = reduce_run(paths, final, options, on_rows=advance, workers=workers)

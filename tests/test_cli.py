@@ -189,6 +189,7 @@ def test_a_final_folder_that_is_a_file_or_a_link_to_nothing_is_refused_by_name(t
     (["--mem", "8G", "--time", "60"], "--time, --mem are for --slurm"),
     (["--wait"], "--wait is for --slurm"),
     (["--target-file-mb", "0"], "Invalid value for '--target-file-mb'"),
+    (["--slurm", "--workers", "0"], "--workers must be at least 1"),  # not taken for 1 and submitted
 ])
 def test_reduce_refuses_options_it_would_ignore(tmp_path, real_records, smoke_model, options, named):
     paths = make_run(tmp_path, [write_parquet(tmp_path / "a.parquet", with_urls(real_records[:4]))], smoke_model, 4)
