@@ -155,7 +155,10 @@ def plan_text(plan, checks: list[tuple[bool, str]]) -> str:
         parts += [f"# array {index}: {len(array)} task(s), shards {_ranges(shards)}", script,
                   f"# sbatch --test-only{'' if accepted else ' REFUSED'}: {message}\n"]
     if plan.reduce_spec is not None:
-        parts += ["# reduce job, after the arrays above", scripts[-1]]
+        after = ["the arrays above"] if plan.arrays else []
+        if plan.reduce_after:
+            after.append(f"the run's jobs still queued or running ({', '.join(plan.reduce_after)})")
+        parts += [f"# reduce job, after {' and '.join(after) or 'nothing: it can start at once'}", scripts[-1]]
     parts.append(f"# {plan.rows} rows to fuse at a stated {plan.samples_per_s:g} samples/s per task "
                  f"({max(plan.gpus_per_task, 1)} GPU each): about {plan.gpu_hours:.1f} GPU-hours. "
                  "Nothing was submitted.")

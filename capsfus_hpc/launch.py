@@ -114,6 +114,7 @@ class SlurmPlan:
     rows: int
     samples_per_s: float
     gpus_per_task: int
+    reduce_after: tuple[str, ...] = ()  # the run's fusion jobs SLURM still has, which the reduce job waits for too
 
     @property
     def gpu_hours(self) -> float:
@@ -145,12 +146,20 @@ def plan_slurm(paths: RunPaths, status: RunStatus, options: SlurmOptions, shards
     rows = sum(s.rows_total - s.rows_done for s in status.shards if s.shard in shard_ids)
     arrays = plan_arrays(group_shards(shard_ids, shards_per_task), max_tasks)
     specs = tuple(spec_for(paths.logs, options, len(array)) for array in arrays)
+    # A resume leaves the shards SLURM has queued or running to their jobs: its reduce waits for those too.
+    active = tuple(dict.fromkeys(s.job_id.split("_")[0] for s in status.shards
+                                 if s.job_id and s.slurm_state and s.state in (PENDING, RUNNING)))
     reduce_spec = None
     if then_reduce is not None:
-        # The reduce job's dependency names the arrays' job ids, known only once they are submitted.
-        reduce_spec = spec_for(paths.logs, replace(options, gpus=None), 1, dependency="afterany:<fuse job ids>")
+        # The new arrays' job ids are known only once they are submitted: a placeholder stands for them.
+        reduce_spec = spec_for(paths.logs, replace(options, gpus=None), 1,
+                               dependency=_after([*(["<fuse job ids>"] if arrays else []), *active]))
     return SlurmPlan(tuple(tuple(tuple(g) for g in a) for a in arrays), specs, reduce_spec, rows,
-                     samples_per_s, options.gpus or 0)
+                     samples_per_s, options.gpus or 0, active)
+
+
+def _after(job_ids: list[str]) -> str | None:
+    return "afterany:" + ":".join(job_ids) if job_ids else None
 
 
 def prepare_slurm(paths: RunPaths, manifest_path: Path, options: SlurmOptions, shards_per_task: int,
@@ -189,8 +198,7 @@ def submit_plan(paths: RunPaths, plan: SlurmPlan, then_reduce: Path | None) -> l
         entries.append(ledger.append(paths.ledger, job_id, ledger.FUSE, [(t, list(g)) for t, g in zip(task_ids, array)],
                                      asdict(spec.options)))
     if plan.reduce_spec is not None and then_reduce is not None:
-        dependency = "afterany:" + ":".join(e.job_id for e in entries) if entries else None
-        spec = replace(plan.reduce_spec, dependency=dependency)
+        spec = replace(plan.reduce_spec, dependency=_after([*(e.job_id for e in entries), *plan.reduce_after]))
         [task_id] = submit_array(spec, reduce_task, [(str(paths.root), str(then_reduce.absolute()))])
         entries.append(ledger.append(paths.ledger, task_id, ledger.REDUCE, [(task_id, [])],
                                      final=str(then_reduce.absolute())))

@@ -181,6 +181,32 @@ def test_a_cancelled_shard_shows_cancelled_and_resume_resubmits_exactly_it(tmp_p
     assert_same_dataset_as_an_undisturbed_run(tmp_path, run, manifest, options, 90)
 
 
+def test_a_resume_s_reduce_waits_for_the_shards_slurm_still_has(tmp_path, real_records, smoke_model):
+    """Every shard is queued already, so the resume submits no array: its --then-reduce job must
+    still wait for the queued ones, not start at once on an unfinished run and fail."""
+    manifest = manifest_of(tmp_path, with_urls(real_records[:20]), 10)
+    run, final = tmp_path / "run", tmp_path / "final"
+    capsfus("submit", manifest, "-o", run, "--model", smoke_model, "--greedy", "--max-new-tokens", 4, *CHEAP,
+            "--sbatch-arg=--hold")
+    [fuse] = ledger.read(RunPaths(run).ledger)
+    try:
+        not_held = ["--then-reduce", final, "--sbatch-arg=--comment=resumed"]  # replaces the inherited --hold
+        dry = capsfus("resume", run, *not_held, "--dry-run").stdout
+        assert f"# reduce job, after the run's jobs still queued or running ({fuse.job_id})" in dry
+        assert f"#SBATCH --dependency=afterany:{fuse.job_id}\n" in dry
+        capsfus("resume", run, *not_held)
+        reduce_job = ledger.read(RunPaths(run).ledger)[-1]
+        assert reduce_job.kind == ledger.REDUCE
+        shown = subprocess.run(["scontrol", "show", "job", reduce_job.job_id], capture_output=True, text=True,
+                               check=True).stdout
+        assert f"Dependency=afterany:{fuse.job_id}" in shown and "JobState=PENDING" in shown
+        subprocess.run(["scontrol", "release", fuse.job_id], check=True)
+        wait_until(lambda: (final / "stats.json").exists(), 300, "the reduce job after the released array")
+    finally:
+        subprocess.run(["scancel", fuse.job_id], check=False)
+    assert json.loads((final / "stats.json").read_text())["rows_in"] == 20 and every_row_once(final, 20)
+
+
 def test_a_local_submit_leaves_the_shards_slurm_has_queued(tmp_path, real_records, smoke_model):
     manifest = manifest_of(tmp_path, with_urls(real_records[:40]), 20)
     run = tmp_path / "run"
