@@ -407,7 +407,7 @@ def smoke_model(folder: Annotated[Path, typer.Argument(help="Folder to write the
     It writes gibberish: it exists so the real loading and generation code runs anywhere
     without downloading a model (tests, the demo, a CPU rehearsal of a run).
 
-    Example: capsfus-hpc smoke-model /tmp/smoke && capsfus-hpc submit m.json -o run --model /tmp/smoke --local
+    Example: capsfus-hpc smoke-model /tmp/smoke && capsfus-hpc submit manifests/laion.json -o /tmp/rehearsal --model /tmp/smoke --local
     """
     from .smoke import build_smoke_model  # torch and transformers load only for commands that need them
 

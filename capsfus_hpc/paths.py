@@ -1,4 +1,4 @@
-"""RunPaths: the one place that names every file of a run folder."""
+"""RunPaths and ReducePaths: the one place that names every file of a run folder and of a final folder."""
 
 from __future__ import annotations
 
@@ -65,10 +65,12 @@ class ReducePaths:
     FINAL/README.md, FINAL/stats.json          dataset card; counts, written last
     FINAL/.reduce/lock                         held by the one reduce writing FINAL (reduce_lock.py)
     FINAL/.reduce/plan.json                    what each reduce task does (reduce_plan.py)
-    FINAL/.reduce/map-00003/...                one key task's spilled keys and counts
+    FINAL/.reduce/map-00003/key-00007.arrow    key task 3's spilled keys of partition 7 (reduce_keys.py)
+    FINAL/.reduce/map-00003/done.json          key task 3 finished: its counts
     FINAL/.reduce/dedup/key-00007.arrow        the rows of key partition 7 that share a key
     FINAL/.reduce/dataset/                     the new dataset, moved into FINAL once complete
                                                (reduce_publish.py); the earlier one stays until then
+    FINAL/.reduce/logs/                        the logs of reduce --slurm's stages, kept after the end
     """
 
     root: Path
