@@ -147,7 +147,7 @@ def plan_slurm(paths: RunPaths, status: RunStatus, options: SlurmOptions, shards
     arrays = plan_arrays(group_shards(shard_ids, shards_per_task), max_tasks)
     specs = tuple(spec_for(paths.logs, options, len(array)) for array in arrays)
     # A resume leaves the shards SLURM has queued or running to their jobs: its reduce waits for those too.
-    active = tuple(dict.fromkeys(s.job_id.split("_")[0] for s in status.shards
+    active = tuple(dict.fromkeys(ledger.job_of(s.job_id) for s in status.shards
                                  if s.job_id and s.slurm_state and s.state in (PENDING, RUNNING)))
     reduce_spec = None
     if then_reduce is not None:
@@ -194,7 +194,7 @@ def submit_plan(paths: RunPaths, plan: SlurmPlan, then_reduce: Path | None) -> l
     entries = []
     for array, spec in zip(plan.arrays, plan.specs):
         task_ids = submit_array(spec, run_shards, [(str(paths.root), list(group)) for group in array])
-        job_id = task_ids[0].split("_")[0]
+        job_id = ledger.job_of(task_ids[0])
         entries.append(ledger.append(paths.ledger, job_id, ledger.FUSE, [(t, list(g)) for t, g in zip(task_ids, array)],
                                      asdict(spec.options)))
     if plan.reduce_spec is not None and then_reduce is not None:

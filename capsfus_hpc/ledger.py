@@ -18,6 +18,11 @@ REDUCE = "reduce"
 REDUCE_STAGES = ("keys", "dedup", "assemble")  # of reduce --slurm, appended in this order
 
 
+def job_of(task_id: str) -> str:
+    """The job a SLURM task id belongs to: "123_4" (an array task) -> "123"; "123" -> "123"."""
+    return task_id.split("_")[0]
+
+
 @dataclass(frozen=True)
 class Submission:
     job_id: str

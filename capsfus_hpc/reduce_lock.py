@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import CapsfusError
+from .ledger import job_of
 from .paths import ReducePaths
 from .scheduler import UNANSWERED, ReduceJobState
 
@@ -128,7 +129,7 @@ def active_reduces(final: Path, jobs: tuple[ReduceJobState, ...], own_job: str |
     other than `own_job`."""
     target = Path(final).resolve()
     return [job for job in jobs if job.final is not None and Path(job.final).resolve() == target
-            and (job.active or UNANSWERED in job.states) and job.job_id.split("_")[0] != own_job]
+            and (job.active or UNANSWERED in job.states) and job_of(job.job_id) != own_job]
 
 
 def refuse_active_reduce(final: Path, jobs: tuple[ReduceJobState, ...]) -> None:

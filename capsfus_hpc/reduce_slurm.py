@@ -55,7 +55,7 @@ def _submit_stages(paths: RunPaths, plan: ReducePlan, slurm: SlurmOptions) -> li
     for stage, function, arguments in stages:
         dependency = f"afterok:{jobs[-1].job_id}" if jobs else None
         task_ids = submit_array(spec_for(logs, slurm, len(arguments), dependency), function, arguments)
-        jobs.append(ReduceJob(stage, task_ids[0].split("_")[0], len(arguments)))
+        jobs.append(ReduceJob(stage, ledger.job_of(task_ids[0]), len(arguments)))
         ledger.append(paths.ledger, jobs[-1].job_id, ledger.REDUCE, [(t, []) for t in task_ids],
                       final=str(plan.final), stage=stage)
     return jobs
@@ -78,7 +78,7 @@ def wait_for_reduce(final: Path, jobs: list[ReduceJob], poll_s: float = 2.0) -> 
             return stats
         queued = behind_never_starts(ids, parse_squeue(_run(["squeue", "-h", "-r", "-o", "%i|%T|%r"])))
         # A stage behind a failed one waits forever (NEVER_STARTS): it counts as ended.
-        active = [task for task, state in queued.items() if task.split("_")[0] in ids and state != NEVER_STARTS]
+        active = [task for task, state in queued.items() if ledger.job_of(task) in ids and state != NEVER_STARTS]
         if not active:
             if (stats := _published(out)) is not None:
                 return stats

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
-from .ledger import REDUCE, REDUCE_STAGES, Submission, latest_task_of_shard
+from .ledger import REDUCE, REDUCE_STAGES, Submission, job_of, latest_task_of_shard
 
 PENDING_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING",
                   "SUSPENDED", "STOPPED"}
@@ -123,7 +123,7 @@ def behind_never_starts(chain: list[str], squeue: dict[str, str]) -> dict[str, s
     states = dict(squeue)
     blocked = False
     for job_id in chain:
-        tasks = [task for task in states if task.split("_")[0] == job_id]
+        tasks = [task for task in states if job_of(task) == job_id]
         if blocked:
             states.update({task: NEVER_STARTS for task in tasks if states[task] in PENDING_STATES})
         blocked = blocked or any(states[task] == NEVER_STARTS for task in tasks)

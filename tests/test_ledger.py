@@ -23,3 +23,7 @@ def test_a_reduce_entry_keeps_its_final_folder_and_stage_and_fusion_lines_stay_a
     fuse, whole, stage = ledger.read(path)
     assert (whole.final, whole.stage, stage.final, stage.stage) == ("/data/final", None, "/data/final", "keys")
     assert set(json.loads(path.read_text().splitlines()[0])) == {"job_id", "kind", "submitted_at", "tasks", "slurm"}
+
+
+def test_a_task_id_names_its_job():
+    assert [ledger.job_of(task) for task in ("40_3", "40", "40_12")] == ["40", "40", "40"]
