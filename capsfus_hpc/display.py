@@ -139,6 +139,7 @@ def _ranges(ids: list[int]) -> str:
 def plan_document(plan, checks: list[tuple[bool, str]]) -> dict:
     """A SLURM plan (launch.SlurmPlan) for --json, with sbatch --test-only's (accepted, answer) per array."""
     return {"arrays": [[list(group) for group in array] for array in plan.arrays], "scripts": plan.scripts(),
+            "reduce_after": list(plan.reduce_after),
             "test_only": [message for _, message in checks], "accepted": [accepted for accepted, _ in checks],
             "estimate": {"rows": plan.rows, "samples_per_s": plan.samples_per_s,
                                               "gpus_per_task": plan.gpus_per_task,

@@ -147,8 +147,8 @@ def plan_slurm(paths: RunPaths, status: RunStatus, options: SlurmOptions, shards
     arrays = plan_arrays(group_shards(shard_ids, shards_per_task), max_tasks)
     specs = tuple(spec_for(paths.logs, options, len(array)) for array in arrays)
     # A resume leaves the shards SLURM has queued or running to their jobs: its reduce waits for those too.
-    active = tuple(dict.fromkeys(ledger.job_of(s.job_id) for s in status.shards
-                                 if s.job_id and s.slurm_state and s.state in (PENDING, RUNNING)))
+    # Only jobs squeue lists: a local worker's id, or a job SLURM has purged, would make sbatch refuse.
+    active = tuple(dict.fromkeys(ledger.job_of(s.job_id) for s in status.shards if s.queued and s.job_id))
     reduce_spec = None
     if then_reduce is not None:
         # The new arrays' job ids are known only once they are submitted: a placeholder stands for them.

@@ -138,4 +138,4 @@ def refuse_active_reduce(final: Path, jobs: tuple[ReduceJobState, ...]) -> None:
                               for job in active)
         unknown = " (or SLURM did not answer whether it is)" if any(UNANSWERED in job.states for job in active) else ""
         raise CapsfusError(f"a reduce into {final} is still queued or running{unknown}: {described}; wait for it, "
-                           f"or scancel {' '.join(sorted({job.job_id.split('_')[0] for job in active}))}")
+                           f"or scancel {' '.join(sorted({job_of(job.job_id) for job in active}))}")

@@ -85,7 +85,7 @@ def wait_for_reduce(final: Path, jobs: list[ReduceJob], poll_s: float = 2.0) -> 
             states = parse_sacct(_run(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "--format=JobID,State"]))
             failed = {task: state for task, state in states.items() if state != "COMPLETED"}
             stage = {job.job_id: job.stage for job in jobs}
-            described = ", ".join(f"{stage.get(t.split('_')[0], '?')} task {t}: {s}" for t, s in sorted(failed.items()))
+            described = ", ".join(f"{stage.get(ledger.job_of(t), '?')} task {t}: {s}" for t, s in sorted(failed.items()))
             raise CapsfusError(f"the reduce jobs ended without publishing a dataset into {out.root}: "
                                f"{described or 'no state recorded'}; logs in {out.logs}")
         time.sleep(poll_s)

@@ -33,6 +33,7 @@ UNANSWERED = "SQUEUE_FAILED"
 class TaskState:
     job_id: str
     state: str  # a SLURM state, GONE or MISSING
+    queued: bool = False  # squeue lists it now: SLURM still has it
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def shard_tasks(entries: list[Submission], squeue: dict[str, str], sacct: dict[s
     tasks = {}
     for shard, task in latest_task_of_shard(entries).items():
         if state := _task_state(task, squeue, sacct):
-            tasks[shard] = TaskState(task, state)
+            tasks[shard] = TaskState(task, state, task in squeue)
     return tasks
 
 

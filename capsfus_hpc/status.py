@@ -41,6 +41,7 @@ class ShardStatus:
     slurm_state: str | None
     rate: float | None  # rows per second while working
     eta_s: float | None
+    queued: bool = False  # squeue lists its task now (a local worker never is)
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def derive_status(manifest: Manifest, records: dict[int, ProgressRecord], tasks:
             ok_rows=sum(c.ok_rows for c in record.chunks) if record else 0, state=state, error=error,
             attempts=len(record.attempts) if record else 0, requeues=record.requeues if record else 0,
             job_id=task.job_id if task else None, slurm_state=task.state if task and task.state != GONE else None,
-            rate=rate, eta_s=eta,
+            rate=rate, eta_s=eta, queued=bool(task and task.queued),
         ))
     counts = {state: sum(1 for s in shards if s.state == state) for state in STATES}
     running_rates = [s.rate for s in shards if s.state == RUNNING and s.rate]

@@ -9,7 +9,7 @@ from capsfus_hpc.display import reduce_line
 from capsfus_hpc.scheduler import GONE, ReduceJobState, TaskState
 from capsfus_hpc.status import DAMAGED, DONE, FAILED, PENDING, RUNNING, derive_status
 
-SCHEDULER_RUNNING, SCHEDULER_PENDING, SCHEDULER_GONE = (TaskState("7_1", "RUNNING"), TaskState("7_1", "PENDING"),
+SCHEDULER_RUNNING, SCHEDULER_PENDING, SCHEDULER_GONE = (TaskState("7_1", "RUNNING", True), TaskState("7_1", "PENDING", True),
                                                          TaskState("99", GONE))
 
 MANIFEST = Manifest(
@@ -146,3 +146,17 @@ def test_a_reduce_job_reads_as_one_line_with_its_states_and_log():
     assert reduce_line(ReduceJobState("70", "/f", "keys", {"FAILED": 1, "COMPLETED": 3}), "/f/.reduce/logs") == (
         "reduce keys job 70 into /f: [red]3 COMPLETED, 1 FAILED[/]; log: /f/.reduce/logs")
     assert reduce_line(ReduceJobState("62", None, None, {}), None) == "reduce job 62: no SLURM state (no accounting)"
+
+
+def test_a_then_reduce_waits_only_for_jobs_squeue_lists(tmp_path):
+    """A local worker's id, or a job only sacct still knows, in a dependency makes sbatch refuse it."""
+    from capsfus_hpc.launch import plan_slurm
+    from capsfus_hpc.paths import RunPaths
+    from capsfus_hpc.slurm import SlurmOptions
+
+    tasks = {0: TaskState("8_0", "PENDING", True), 1: TaskState("4242", "RUNNING"),  # a local worker
+             2: TaskState("6_2", "RUNNING"), 3: TaskState("9", "RUNNING", True)}  # 6_2: sacct only
+    status = derive_status(MANIFEST, {}, tasks)
+    plan = plan_slurm(RunPaths(tmp_path), status, SlurmOptions(), 1, 1000, 50.0, tmp_path / "final")
+    assert plan.reduce_after == ("8", "9")
+    assert "#SBATCH --dependency='afterany:<fuse job ids>:8:9'\n" in plan.scripts()[-1]
