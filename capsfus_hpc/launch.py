@@ -38,9 +38,8 @@ class TaskOutcome:
 
 
 def shards_to_run(status: RunStatus) -> list[int]:
-    """Shards neither done nor running nor waiting in the queue."""
-    return [s.shard for s in status.shards
-            if s.state not in (DONE, RUNNING) and not (s.state == PENDING and s.slurm_state)]
+    """Shards neither done nor running nor waiting in SLURM's queue."""
+    return [s.shard for s in status.shards if s.state not in (DONE, RUNNING) and not (s.state == PENDING and s.queued)]
 
 
 def group_shards(shard_ids: list[int], shards_per_task: int) -> list[list[int]]:
@@ -148,7 +147,7 @@ def plan_slurm(paths: RunPaths, status: RunStatus, options: SlurmOptions, shards
     specs = tuple(spec_for(paths.logs, options, len(array)) for array in arrays)
     # A resume leaves the shards SLURM has queued or running to their jobs: its reduce waits for those too.
     # Only jobs squeue lists: a local worker's id, or a job SLURM has purged, would make sbatch refuse.
-    active = tuple(dict.fromkeys(ledger.job_of(s.job_id) for s in status.shards if s.queued and s.job_id))
+    active = tuple(dict.fromkeys(ledger.job_of(s.job_id) for s in status.shards if s.queued))
     reduce_spec = None
     if then_reduce is not None:
         # The new arrays' job ids are known only once they are submitted: a placeholder stands for them.

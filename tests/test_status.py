@@ -160,3 +160,12 @@ def test_a_then_reduce_waits_only_for_jobs_squeue_lists(tmp_path):
     plan = plan_slurm(RunPaths(tmp_path), status, SlurmOptions(), 1, 1000, 50.0, tmp_path / "final")
     assert plan.reduce_after == ("8", "9")
     assert "#SBATCH --dependency='afterany:<fuse job ids>:8:9'\n" in plan.scripts()[-1]
+
+
+def test_a_resume_leaves_a_shard_to_the_task_squeue_lists_but_not_to_one_only_sacct_knows():
+    """sacct can still call a task PENDING that the controller no longer has: nothing would run it."""
+    from capsfus_hpc.launch import shards_to_run
+
+    tasks = {0: TaskState("8_0", "PENDING", True), 1: TaskState("8_1", "PENDING"), 2: TaskState("8_2", "RUNNING", True)}
+    status = derive_status(MANIFEST, {3: _record(3, 2, FINISHED)}, tasks)
+    assert shards_to_run(status) == [1, 4]
