@@ -57,21 +57,8 @@ class RunPaths:
 
 
 @dataclass(frozen=True)
-class ReducePaths:
-    """Layout of a final dataset folder and of the reducer's scratch space inside it.
-
-    FINAL/data-00000.parquet                   accepted rows (dataset_writer.py)
-    FINAL/rejects.parquet, duplicates.parquet  rejected rows; dropped duplicates and their winners
-    FINAL/README.md, FINAL/stats.json          dataset card; counts, written last
-    FINAL/.reduce/lock                         held by the one reduce writing FINAL (reduce_lock.py)
-    FINAL/.reduce/plan.json                    what each reduce task does (reduce_plan.py)
-    FINAL/.reduce/map-00003/key-00007.arrow    key task 3's spilled keys of partition 7 (reduce_keys.py)
-    FINAL/.reduce/map-00003/done.json          key task 3 finished: its counts
-    FINAL/.reduce/dedup/key-00007.arrow        the rows of key partition 7 that share a key
-    FINAL/.reduce/dataset/                     the new dataset, moved into FINAL once complete
-                                               (reduce_publish.py); the earlier one stays until then
-    FINAL/.reduce/logs/                        the logs of reduce --slurm's stages, kept after the end
-    """
+class DatasetPaths:
+    """The files of a dataset, in FINAL or staged in FINAL/.reduce/dataset/ (see ReducePaths)."""
 
     root: Path
 
@@ -101,6 +88,24 @@ class ReducePaths:
     def stats(self) -> Path:
         return self.root / "stats.json"
 
+
+@dataclass(frozen=True)
+class ReducePaths(DatasetPaths):
+    """Layout of a final dataset folder and of the reducer's scratch space inside it.
+
+    FINAL/data-00000.parquet                   accepted rows (dataset_writer.py)
+    FINAL/rejects.parquet, duplicates.parquet  rejected rows; dropped duplicates and their winners
+    FINAL/README.md, FINAL/stats.json          dataset card; counts, written last
+    FINAL/.reduce/lock                         held by the one reduce writing FINAL (reduce_lock.py)
+    FINAL/.reduce/plan.json                    what each reduce task does (reduce_plan.py)
+    FINAL/.reduce/map-00003/key-00007.arrow    key task 3's spilled keys of partition 7 (reduce_keys.py)
+    FINAL/.reduce/map-00003/done.json          key task 3 finished: its counts
+    FINAL/.reduce/dedup/key-00007.arrow        the rows of key partition 7 that share a key
+    FINAL/.reduce/dataset/                     the new dataset, moved into FINAL once complete
+                                               (reduce_publish.py); the earlier one stays until then
+    FINAL/.reduce/logs/                        the logs of reduce --slurm's stages, kept after the end
+    """
+
     @property
     def work(self) -> Path:
         return self.root / ".reduce"
@@ -127,8 +132,8 @@ class ReducePaths:
         return self.map_dir(task) / "done.json"
 
     @property
-    def staged(self) -> ReducePaths:
-        return ReducePaths(self.work / "dataset")
+    def staged(self) -> DatasetPaths:
+        return DatasetPaths(self.work / "dataset")
 
     def dedup(self, kind: str, partition: int) -> Path:
         return self.work / "dedup" / f"{kind}-{partition:05d}.arrow"

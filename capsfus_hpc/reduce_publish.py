@@ -20,16 +20,16 @@ import os
 from . import faults
 from .atomic import fsync_dir
 from .errors import CapsfusError
-from .paths import ReducePaths
+from .paths import DatasetPaths
 
 
-def published_names(final: ReducePaths) -> set[str]:
+def published_names(final: DatasetPaths) -> set[str]:
     """The dataset files in FINAL (an earlier reduce's, or what a crash midway through publishing left)."""
     named = (final.rejects, final.duplicates, final.card, final.stats)
     return {p.name for p in final.data_files()} | {p.name for p in named if p.exists()}
 
 
-def publish(staged: ReducePaths, final: ReducePaths) -> list[str]:
+def publish(staged: DatasetPaths, final: DatasetPaths) -> list[str]:
     """Move the staged dataset into FINAL in the order above; returns the names moved."""
     new = sorted(p.name for p in staged.root.iterdir() if p.is_file() and not p.name.startswith("."))
     if final.stats.name not in new:
