@@ -8,6 +8,7 @@ worker rejects it with its line number instead of it vanishing.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -207,11 +208,13 @@ def _staging_row(record: Record, schema: pa.Schema, columns: ColumnMapping) -> d
 
 
 def stage_to_parquet(source: Path, fmt: str, staging_dir: Path, columns: ColumnMapping) -> tuple[Path, str]:
-    """Convert a JSON input to parquet once; a staged file named by the source's hash is reused.
+    """Convert a JSON input to parquet once; a staged file named by the source's hash and the
+    column mapping (which columns are typed as text and checked to be strings) is reused.
 
     Returns the staged file and the source's content hash."""
     content_sha256 = sha256_file(source)
-    target = staging_dir / f"{source.name}.{content_sha256[:16]}.parquet"
+    mapping = hashlib.sha256(json.dumps(columns.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    target = staging_dir / f"{source.name}.{content_sha256[:16]}.{mapping}.parquet"
     if target.exists():
         return target, content_sha256
     schema = _staging_schema(source, fmt, columns)

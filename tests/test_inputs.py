@@ -90,6 +90,19 @@ def test_staging_happens_once_per_source_content(tmp_path):
     assert changed != first
 
 
+def test_staging_under_another_column_mapping_is_not_reused(tmp_path):
+    """The mapping decides which columns are text and must hold strings: a manifest rebuilt with
+    another --raw-column must not get the first mapping's staged file."""
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({**GOOD, "TEXT": 12}) + "\n")
+    first, _ = stage_to_parquet(source, JSON_LINES, tmp_path / "s", ColumnMapping())
+    other, _ = stage_to_parquet(source, JSON_LINES, tmp_path / "s", ColumnMapping(raw_caption="TEXT"))
+    assert other != first
+    assert pq.read_table(first).to_pylist()[0][INPUT_ERROR] is None
+    row = pq.read_table(other).to_pylist()[0]
+    assert row["TEXT"] is None and row[INPUT_ERROR].startswith("raw_caption_not_string: line 1: TEXT is a int")
+
+
 def test_missing_caption_column_names_column_and_file(tmp_path):
     source = tmp_path / "nococo.jsonl"
     source.write_text(json.dumps({"laion_2b": "a"}) + "\n")
