@@ -142,7 +142,7 @@ def plan_document(plan, checks: list[tuple[bool, str]]) -> dict:
             "reduce_after": list(plan.reduce_after),
             "test_only": [message for _, message in checks], "accepted": [accepted for accepted, _ in checks],
             "estimate": {"rows": plan.rows, "samples_per_s": plan.samples_per_s,
-                                              "gpus_per_task": plan.gpus_per_task,
+                                              "gpus_per_task": max(plan.gpus_per_task, 1),  # a CPU task counts as one
                                               "gpu_hours": round(plan.gpu_hours, 2)}}
 
 

@@ -15,6 +15,7 @@ from .errors import CapsfusError
 PROFILE_DIR = Path(__file__).resolve().parent / "cluster_profiles"
 SLURM_KEYS = {"partition", "account", "qos", "time", "gpus", "cpus", "mem", "constraint"}
 GENERATION_KEYS = {"batch_size", "batch_tokens", "window_rows", "dtype"}
+TOP_LEVEL_KEYS = ("description",)
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,19 @@ def load_profile(name: str) -> Profile:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise CapsfusError(f"{path}: invalid TOML: {exc}") from exc
-    slurm, generation = data.get("slurm", {}), data.get("generation", {})
-    unknown = (set(slurm) - SLURM_KEYS) | (set(generation) - GENERATION_KEYS)
+    # A misspelt section or a key outside one would otherwise be dropped without a word.
+    sections = {"slurm": SLURM_KEYS, "generation": GENERATION_KEYS}
+    unknown = sorted(set(data) - {*sections, *TOP_LEVEL_KEYS})
+    unknown += [f"{section}.{key}" for section, keys in sections.items()
+                for key in sorted(set(_table(data, section, path)) - keys)]
     if unknown:
-        raise CapsfusError(f"{path}: unknown keys {', '.join(sorted(unknown))}")
-    return Profile(path.stem, slurm, generation)
+        raise CapsfusError(f"{path}: unknown keys {', '.join(unknown)} (known: [slurm] {', '.join(sorted(SLURM_KEYS))}; "
+                           f"[generation] {', '.join(sorted(GENERATION_KEYS))}; top level: {', '.join(TOP_LEVEL_KEYS)})")
+    return Profile(path.stem, data.get("slurm", {}), data.get("generation", {}))
+
+
+def _table(data: dict, section: str, path: Path) -> dict:
+    table = data.get(section, {})
+    if not isinstance(table, dict):
+        raise CapsfusError(f"{path}: '{section}' must be a [{section}] table")
+    return table

@@ -219,3 +219,31 @@ def test_every_command_has_help_with_an_example(command):
 
 def test_smoke_model_help_says_it_writes_gibberish():
     assert "gibberish" in capsfus("smoke-model", "--help").stdout
+
+
+def test_options_given_override_the_profile_and_shards_are_grouped_per_task(tmp_path, real_records, smoke_model):
+    """--profile fills what the command line leaves out, in both sbatch resources and generation;
+    --shards-per-task packs consecutive shards into one array task; the estimate counts the GPUs."""
+    profile = tmp_path / "mine.toml"
+    profile.write_text('description = "a test"\n[slurm]\ncpus = 1\nmem = "2G"\ntime = "00:30:00"\n'
+                       '[generation]\nbatch_size = 16\nwindow_rows = 32\ndtype = "fp32"\n')
+    source = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:80]))
+    capsfus("manifest", "build", source, "-o", tmp_path / "m.json", "--rows-per-shard", 10)
+    plan = json.loads(capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run", "--model", smoke_model,
+                              "--profile", profile, "--mem", "3G", "--shards-per-task", 3, "--samples-per-s", 4,
+                              "--dry-run", "--json").stdout)
+    assert plan["arrays"] == [[[0, 1, 2], [3, 4, 5], [6, 7]]]
+    script = plan["scripts"][0]
+    for line in ("--array=0-2%3", "--cpus-per-task=1", "--mem=3G", "--time=30"):
+        assert f"#SBATCH {line}\n" in script, line
+    assert plan["estimate"] == {"rows": 80, "samples_per_s": 4.0, "gpus_per_task": 1, "gpu_hours": round(80 / 4 / 3600, 2)}
+    two = json.loads(capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run", "--model", smoke_model,
+                             "--gpus", 2, "--samples-per-s", 0.01, "--dry-run", "--json", check=False).stdout)
+    assert two["estimate"]["gpus_per_task"] == 2 and two["estimate"]["gpu_hours"] == round(80 / 0.01 / 3600 * 2, 2)
+
+    few = write_parquet(tmp_path / "b.parquet", with_urls(real_records[:4]))
+    capsfus("manifest", "build", few, "-o", tmp_path / "few.json")
+    capsfus("submit", tmp_path / "few.json", "-o", tmp_path / "local", "--model", smoke_model, "--profile", profile,
+            "--batch-size", 4, "--greedy", "--max-new-tokens", 4, "--local")
+    frozen = json.loads((tmp_path / "local" / "run.json").read_text())
+    assert (frozen["batch_size"], frozen["window_rows"], frozen["dtype"]) == (4, 32, "fp32")

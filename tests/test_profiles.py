@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,8 +34,20 @@ def test_unknown_profile_lists_the_known_ones():
 def test_a_profile_file_with_an_unknown_key_is_refused(tmp_path):
     path = tmp_path / "mine.toml"
     path.write_text('[slurm]\ngpus = 2\nnodes = 4\n')
-    with pytest.raises(CapsfusError, match="unknown keys nodes"):
+    with pytest.raises(CapsfusError, match="unknown keys slurm.nodes "):
         load_profile(str(path))
+
+
+@pytest.mark.parametrize("text, named", [('gpus = 2\n[slurm]\ncpus = 4\n', "unknown keys gpus "),
+                                         ('[generaton]\nbatch_size = 8\n', "unknown keys generaton "),
+                                         ('slurm = 2\n', "'slurm' must be a [slurm] table")])
+def test_a_key_outside_the_known_sections_is_refused_not_dropped(tmp_path, text, named):
+    """A misspelt section or a key above the first one would give a task other resources without a word."""
+    path = tmp_path / "mine.toml"
+    path.write_text(text)
+    with pytest.raises(CapsfusError, match=re.escape(named)) as raised:
+        load_profile(str(path))
+    assert str(path) in str(raised.value)
 
 
 def test_an_installed_wheel_carries_the_profiles_and_the_prompt(tmp_path):
