@@ -142,7 +142,7 @@ def plan_document(plan, checks: list[tuple[bool, str]]) -> dict:
             "reduce_after": list(plan.reduce_after),
             "test_only": [message for _, message in checks], "accepted": [accepted for accepted, _ in checks],
             "estimate": {"rows": plan.rows, "samples_per_s": plan.samples_per_s,
-                                              "gpus_per_task": max(plan.gpus_per_task, 1),  # a CPU task counts as one
+                                              "gpus_per_task": plan.gpus_counted,
                                               "gpu_hours": round(plan.gpu_hours, 2)}}
 
 
@@ -161,6 +161,6 @@ def plan_text(plan, checks: list[tuple[bool, str]]) -> str:
             after.append(f"the run's jobs still queued or running ({', '.join(plan.reduce_after)})")
         parts += [f"# reduce job, after {' and '.join(after) or 'nothing: it can start at once'}", scripts[-1]]
     parts.append(f"# {plan.rows} rows to fuse at a stated {plan.samples_per_s:g} samples/s per task "
-                 f"({max(plan.gpus_per_task, 1)} GPU each): about {plan.gpu_hours:.1f} GPU-hours. "
+                 f"({plan.gpus_counted} GPU each): about {plan.gpu_hours:.1f} GPU-hours. "
                  "Nothing was submitted.")
     return "\n".join(parts)

@@ -116,8 +116,13 @@ class SlurmPlan:
     reduce_after: tuple[str, ...] = ()  # the run's fusion jobs SLURM still has, which the reduce job waits for too
 
     @property
+    def gpus_counted(self) -> int:
+        """The GPUs a task is costed at: a CPU task counts as one."""
+        return max(self.gpus_per_task, 1)
+
+    @property
     def gpu_hours(self) -> float:
-        return self.rows / self.samples_per_s / 3600 * max(self.gpus_per_task, 1)
+        return self.rows / self.samples_per_s / 3600 * self.gpus_counted
 
     def scripts(self) -> list[str]:
         return [render_sbatch(spec) for spec in (*self.specs, *([self.reduce_spec] if self.reduce_spec else []))]
