@@ -1,3 +1,5 @@
+import json
+import shutil
 import warnings
 
 import pytest
@@ -27,6 +29,27 @@ def test_smoke_model_loads_through_from_pretrained_and_fuses_in_input_order(smok
 def test_generation_is_deterministic(smoke_model, pairs):
     engine = load_engine(smoke_model, batch_size=8, max_new_tokens=16)
     assert engine.fuse(pairs) == engine.fuse(pairs)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_decoding_ignores_the_sampling_a_checkpoint_s_generation_config_asks_for(smoke_model, pairs, tmp_path, beams):
+    """LLaMA-2's own generation_config.json says do_sample with temperature 0.6 and top_p 0.9; a
+    fine-tune saved from it carries that along. Decoding stays greedy or beam search: the same
+    captions under any seed, and the same as a checkpoint that asks for nothing."""
+    import torch
+
+    sampling = tmp_path / "sampling"
+    shutil.copytree(smoke_model, sampling)
+    config = json.loads((sampling / "generation_config.json").read_text())
+    config.update(do_sample=True, temperature=0.6, top_p=0.9, top_k=5)
+    (sampling / "generation_config.json").write_text(json.dumps(config))
+    engine = load_engine(sampling, batch_size=8, max_new_tokens=12, num_beams=beams)
+    assert engine.model.generation_config.do_sample  # the checkpoint's request did arrive
+    runs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        runs.append(engine.fuse(pairs[:8]))
+    assert runs[0] == runs[1] == load_engine(smoke_model, batch_size=8, max_new_tokens=12, num_beams=beams).fuse(pairs[:8])
 
 
 @pytest.mark.parametrize("prefix_cache", [True, False])
