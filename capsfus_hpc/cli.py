@@ -98,8 +98,9 @@ def _run_command(paths: RunPaths, manifest: Path, model: str, revision: Optional
     profile = load_profile(given["profile"]) if given["profile"] else None
     if given["greedy"] and given["num_beams"] not in (None, 1):
         raise CapsfusError("--greedy and --num-beams disagree; give one of them")
-    options = {name: given[name] for name in ("max_new_tokens", "batch_size", "batch_tokens", "prefix_cache", "chunk_rows",
-                                              "window_rows", "dtype", "max_caption_chars", "trust_remote_code")}
+    options = {name: given[name] for name in ("max_new_tokens", "max_prompt_tokens", "batch_size", "batch_tokens",
+                                              "prefix_cache", "chunk_rows", "window_rows", "dtype", "max_caption_chars",
+                                              "trust_remote_code")}
     options["num_beams"] = 1 if given["greedy"] else given["num_beams"]
     for key, value in (profile.generation if profile else {}).items():
         if options.get(key) is None:
@@ -183,9 +184,10 @@ def submit(
     manifest: Annotated[Path, typer.Argument(help="Manifest from 'capsfus-hpc manifest build'.")],
     output: opt.OutputDir,
     model: Annotated[str, typer.Option(help="Model folder or hub id, e.g. BAAI/CapsFus-LLaMA.")],
-    revision: Annotated[Optional[str], typer.Option(help="Model revision (hub models).")] = None,
+    revision: Annotated[Optional[str], typer.Option(help="Model revision: a branch, tag or commit of a hub id (a local folder is identified by its files).")] = None,
     local: opt.Local = False, dry_run: opt.DryRun = False, profile: opt.Profile = None,
     num_beams: opt.NumBeams = None, greedy: opt.Greedy = False, max_new_tokens: opt.MaxNewTokens = None,
+    max_prompt_tokens: opt.MaxPromptTokens = None,
     batch_size: opt.BatchSize = None, batch_tokens: opt.BatchTokens = None, prefix_cache: opt.PrefixCache = None,
     chunk_rows: opt.ChunkRows = None, window_rows: opt.WindowRows = None, dtype: opt.Dtype = None,
     max_caption_chars: opt.MaxCaptionChars = None, trust_remote_code: opt.TrustRemoteCode = None,
@@ -199,6 +201,9 @@ def submit(
 
     Example: capsfus-hpc submit manifests/laion.json -o runs/laion --model BAAI/CapsFus-LLaMA --profile H100-80G --dry-run
     """
+    if revision is not None and Path(model).is_dir():  # it would be replaced by the folder's fingerprint
+        raise CapsfusError(f"--revision {revision}: --model {model} is a local folder, identified by its files; "
+                           "--revision is for hub ids")
     _run_command(RunPaths(output), manifest, model, revision, locals())
 
 
@@ -208,6 +213,7 @@ def resume(
     run_dir: opt.RunDir,
     local: opt.Local = False, dry_run: opt.DryRun = False, profile: opt.Profile = None,
     num_beams: opt.NumBeams = None, greedy: opt.Greedy = False, max_new_tokens: opt.MaxNewTokens = None,
+    max_prompt_tokens: opt.MaxPromptTokens = None,
     batch_size: opt.BatchSize = None, batch_tokens: opt.BatchTokens = None, prefix_cache: opt.PrefixCache = None,
     chunk_rows: opt.ChunkRows = None, window_rows: opt.WindowRows = None, dtype: opt.Dtype = None,
     max_caption_chars: opt.MaxCaptionChars = None, trust_remote_code: opt.TrustRemoteCode = None,
@@ -409,6 +415,8 @@ def smoke_model(folder: Annotated[Path, typer.Argument(help="Folder to write the
 
     Example: capsfus-hpc smoke-model /tmp/smoke && capsfus-hpc submit manifests/laion.json -o /tmp/rehearsal --model /tmp/smoke --local
     """
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):  # save_pretrained would overwrite a real model
+        raise CapsfusError(f"{folder}: exists and is not an empty folder; the smoke model is written to a new one")
     from .smoke import build_smoke_model  # torch and transformers load only for commands that need them
 
     build_smoke_model(folder)

@@ -15,6 +15,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable J
 NumBeams = Annotated[Optional[int], typer.Option("--num-beams", help="Beams (default: 3, as the reference).")]
 Greedy = Annotated[bool, typer.Option("--greedy", help="Greedy decoding (same as --num-beams 1).")]
 MaxNewTokens = Annotated[Optional[int], typer.Option(help="Most tokens a fused caption may have (default: 80, as the reference).")]
+MaxPromptTokens = Annotated[Optional[int], typer.Option(help="Longer prompts (BOS included) lose the end of their raw caption (default: 256, as the reference).")]
 BatchSize = Annotated[Optional[int], typer.Option(help="Prompts per generate call (default: 16, or the profile's).")]
 BatchTokens = Annotated[Optional[int], typer.Option(help="Token budget of a generate call: as many length-sorted prompts as fit, prompts x (longest + max new tokens) x beams (default: on a GPU, what fits in 80% of its memory free after loading; none on CPU; --batch-size still caps).")]
 PrefixCache = Annotated[Optional[bool], typer.Option("--prefix-cache/--no-prefix-cache", help="Compute the instruction's keys and values once per task and start every batch from them (default: on).")]

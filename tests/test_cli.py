@@ -3,13 +3,16 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict
 
+import pyarrow.parquet as pq
 import pytest
 
 from capsfus_hpc import ledger
+from capsfus_hpc.reduce import DATA_FILE, REJECTS_FILE
 from capsfus_hpc.reduce_lock import hold_final
 from capsfus_hpc.slurm import SlurmOptions
 
@@ -120,7 +123,8 @@ def test_submit_names_a_missing_manifest(tmp_path):
 
 
 @pytest.mark.parametrize("option, value, named", [("--batch-size", "0", "batch_size"), ("--num-beams", "-1", "num_beams"),
-                                                  ("--max-new-tokens", "0", "max_new_tokens"), ("--dtype", "fp8", "dtype")])
+                                                  ("--max-new-tokens", "0", "max_new_tokens"), ("--dtype", "fp8", "dtype"),
+                                                  ("--max-prompt-tokens", "0", "max_prompt_tokens")])
 def test_a_setting_no_task_could_run_with_is_refused_before_anything_is_written(tmp_path, real_records, option, value,
                                                                                  named):
     source = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:10]))
@@ -219,6 +223,80 @@ def test_every_command_has_help_with_an_example(command):
 
 def test_smoke_model_help_says_it_writes_gibberish():
     assert "gibberish" in capsfus("smoke-model", "--help").stdout
+
+
+MARKED_LLAMA = """import os
+from pathlib import Path
+
+from transformers import LlamaForCausalLM
+
+
+class MarkedLlama(LlamaForCausalLM):
+    def __init__(self, config):
+        super().__init__(config)
+        Path(os.environ["CAPSFUS_TEST_MARK"]).write_text("the checkpoint's own code ran")
+"""
+
+
+def test_the_run_options_a_user_gives_are_frozen_and_act_in_the_tasks(tmp_path, real_records, monkeypatch):
+    """The model smoke-model writes runs; --max-caption-chars, --max-prompt-tokens, --no-prefix-cache,
+    --trust-remote-code and --revision reach run.json, and the tasks do what they say."""
+    model = tmp_path / "model"
+    assert "gibberish" in capsfus("smoke-model", model).stderr  # messages go to stderr, --json to stdout
+    assert_one_line_error(capsfus("smoke-model", model, check=False), "model: exists and is not an empty folder")
+    records = real_records[:12]
+    limit = 75
+    too_long = {i for i, r in enumerate(records) if len(r["laion_2b"]) > limit or len(r["laion_coco"]) > limit}
+    assert 0 < len(too_long) < len(records)
+    capsfus("manifest", "build", write_parquet(tmp_path / "a.parquet", with_urls(records)), "-o", tmp_path / "m.json")
+    common = ("--local", "--greedy", "--max-new-tokens", 4)
+
+    capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "cut", "--model", model, *common,
+            "--max-caption-chars", limit, "--max-prompt-tokens", 160, "--no-prefix-cache")
+    frozen = json.loads((tmp_path / "cut" / "run.json").read_text())
+    assert (frozen["max_caption_chars"], frozen["max_prompt_tokens"], frozen["prefix_cache"]) == (limit, 160, False)
+    capsfus("reduce", tmp_path / "cut", "--final", tmp_path / "cut-final")
+    rows = _final_rows(tmp_path / "cut-final")
+    input_rejects = {r["row_id"] for r in rows if r["reject_reason"] in ("raw_caption_too_long", "synthetic_caption_too_long")}
+    assert input_rejects == too_long
+    fused = [r["prompt_tokens"] for r in rows if r["row_id"] not in too_long]
+    assert len(fused) == len(records) - len(too_long) and max(fused) <= 160  # cut, not rejected
+    refused = capsfus("resume", tmp_path / "cut", "--local", "--prefix-cache", check=False)
+    assert refused.returncode == 1 and "prefix_cache: run has False, this command asks for True" in refused.stderr
+
+    # A checkpoint with its own modelling code: run only when asked to.
+    remote = tmp_path / "remote"
+    shutil.copytree(model, remote)
+    (remote / "marked_llama.py").write_text(MARKED_LLAMA)
+    config = json.loads((remote / "config.json").read_text())
+    (remote / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModelForCausalLM": "marked_llama.MarkedLlama"}}))
+    mark = tmp_path / "mark"
+    monkeypatch.setenv("CAPSFUS_TEST_MARK", str(mark))
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "untrusted", "--model", remote, *common)
+    assert not mark.exists() and json.loads((tmp_path / "untrusted" / "run.json").read_text())["trust_remote_code"] is False
+    capsfus("reduce", tmp_path / "untrusted", "--final", tmp_path / "untrusted-final")
+    assert max(r["prompt_tokens"] for r in _final_rows(tmp_path / "untrusted-final")) > 160  # the default cut is 256
+    capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "trusted", "--model", remote, *common, "--trust-remote-code")
+    assert mark.exists() and json.loads((tmp_path / "trusted" / "run.json").read_text())["trust_remote_code"] is True
+
+    # A revision is a hub id's; a local folder is identified by its files.
+    assert_one_line_error(capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "rev", "--model", model, "--revision",
+                                  "v1", *common, check=False), "--revision v1: --model ", "is a local folder")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the task fails to fetch it, after run.json is written
+    hub = capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "hub", "--model", "capsfus-test/absent", "--revision",
+                  "v1", *common, check=False)
+    assert hub.returncode == 1 and "1 task(s) failed" in hub.stderr
+    assert json.loads((tmp_path / "hub" / "run.json").read_text())["model_revision"] == "v1"
+    again = capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "hub", "--model", "capsfus-test/absent", "--revision",
+                    "v2", *common, check=False)
+    assert again.returncode == 1 and "model_revision: run has 'v1', this command asks for 'v2'" in again.stderr
+
+
+def _final_rows(final) -> list[dict]:
+    """Every row of a final folder: the data (reject_reason None) and the rejects."""
+    data = pq.read_table(final / DATA_FILE).to_pylist()
+    return [{**r, "reject_reason": None} for r in data] + pq.read_table(final / REJECTS_FILE).to_pylist()
 
 
 def test_options_given_override_the_profile_and_shards_are_grouped_per_task(tmp_path, real_records, smoke_model):
