@@ -4,12 +4,14 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from capsfus_hpc.caption_rules import STRICT_ECHO_PHRASES, CaptionRules, judge
 from capsfus_hpc.errors import CapsfusError
 from capsfus_hpc import reduce_judge, reduce_plan
 from capsfus_hpc.faults import FAULT_ENV, REDUCE_CRASH_STEPS
@@ -221,6 +223,38 @@ def test_caption_rules_reject_with_their_reason(tmp_path, real_records, smoke_mo
     assert stats["rejected"] == {"caption_copy_through": 1, "caption_prompt_echo": 1}
     rejects = {r["row_id"]: r["reject_reason"] for r in pq.read_table(tmp_path / "final" / REJECTS_FILE).to_pylist()}
     assert rejects == {1: "caption_copy_through", 3: "caption_prompt_echo"}
+
+
+def test_a_rules_file_changes_what_is_rejected_and_a_bad_one_is_named(tmp_path, real_records, smoke_model):
+    from .test_cli import assert_one_line_error, capsfus
+
+    records = real_records[:300]
+    paths = _records_run(tmp_path, smoke_model, records, with_urls(records), rows_per_shard=100)
+    run_with_official_captions(paths, records)
+    default = json.loads(capsfus("reduce", paths.root, "--final", tmp_path / "default", "--json").stdout)
+    strict_file = tmp_path / "strict.json"
+    strict_file.write_text(json.dumps({"echo_phrases": list(STRICT_ECHO_PHRASES), "min_words": 5}))
+    strict = json.loads(capsfus("reduce", paths.root, "--final", tmp_path / "strict", "--rules", strict_file,
+                                "--json").stdout)
+    expected = Counter(f"caption_{verdict[0]}" for r in records
+                       if (verdict := judge(r["capsfuion_official"], r["laion_2b"], r["laion_coco"], "eos",
+                                            CaptionRules(echo_phrases=STRICT_ECHO_PHRASES, min_words=5))))
+    assert strict["rows_in"] == 300 and default["rejected_total"] == sum(default["rejected"].values())
+    assert {k: v for k, v in strict["rejected"].items() if k.startswith("caption_")} == dict(expected)
+    assert strict["rejected"]["caption_prompt_echo"] > default["rejected"].get("caption_prompt_echo", 0)
+    assert strict["rules"]["min_words"] == 5 and strict["rules"]["echo_phrases"] == list(STRICT_ECHO_PHRASES)
+    assert "| `min_words` | 5 |" in (tmp_path / "strict" / "README.md").read_text()  # the card says which rules
+
+    for text, named in (('{"min_wrods": 5}', "unknown caption rule 'min_wrods'"), ("[1, 2]", "not a JSON object"),
+                        ('{"min_words": 3', "not a JSON object"), ('{"max_chars": 5}', "a minimum length is over")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        result = capsfus("reduce", paths.root, "--final", tmp_path / "refused", "--rules", bad, check=False)
+        assert_one_line_error(result, named)
+        assert not (tmp_path / "refused").exists()
+    missing = capsfus("reduce", paths.root, "--final", tmp_path / "refused", "--rules", tmp_path / "nope.json",
+                      check=False)
+    assert_one_line_error(missing, "nope.json: no such rules file")
 
 
 def test_data_files_roll_over_at_the_target_size_and_a_card_describes_them(tmp_path, finished_run, _run_all):

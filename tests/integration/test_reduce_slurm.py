@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from capsfus_hpc import reduce_plan
+from capsfus_hpc.caption_rules import CaptionRules
 from capsfus_hpc.errors import CapsfusError
 from capsfus_hpc.launch import prepare_slurm
 from capsfus_hpc.reduce import STATS_FILE, ReduceOptions, reduce_run
@@ -56,11 +57,16 @@ def test_reduce_on_slurm_arrays_is_byte_identical_to_the_local_reduce(tmp_path, 
 
 def test_reduce_slurm_command_waits_and_prints_the_stats(tmp_path, real_records, smoke_model):
     paths = _finished_run(tmp_path, real_records, smoke_model)
+    rules = tmp_path / "rules.json"  # through plan.json to the tasks: the same rejects as a local reduce with them
+    rules.write_text(json.dumps({"min_words": 13}))
     result = capsfus("reduce", paths.root, "--final", tmp_path / "final", "--slurm", "--wait", "--json",
-                     "--cpus", 1, "--mem", "2G", "--time", 10)
+                     "--cpus", 1, "--mem", "2G", "--time", 10, "--rules", rules)
     stats = json.loads(result.stdout)
     assert stats["rows_in"] == 90 == stats["rows_out"] + stats["rejected_total"] + stats["duplicates"]
     assert stats["rejected"]["synthetic_caption_empty"] == 1
+    local = reduce_run(paths, tmp_path / "local", ReduceOptions(rules=CaptionRules(min_words=13)))
+    assert stats["rejected"] == local["rejected"] and stats["rejected"]["caption_too_short"] > 0
+    assert stats["rules"]["min_words"] == 13
     # status follows the three stages' jobs until SLURM has them all COMPLETED
     wait_until(lambda: all(job["states"] == {"COMPLETED": job["states"].get("COMPLETED", 0)}
                            for job in status_of(paths.root)["reduce_jobs"]), 60, "the reduce jobs to end")
