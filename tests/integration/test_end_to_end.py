@@ -8,12 +8,15 @@ import sys
 import time
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from capsfus_hpc.paths import RunPaths
 from capsfus_hpc.progress import read_progress
 from capsfus_hpc.reduce import DATA_FILE, REJECTS_FILE
+from capsfus_hpc.settings import open_or_create, requested_settings
 
-from ..conftest import EXAMPLES_5K, make_run, with_urls, write_parquet
+from ..conftest import EXAMPLES_5K, make_run, run_with_official_captions, with_urls, write_parquet
 from ..test_cli import capsfus
 
 
@@ -83,3 +86,41 @@ def test_the_demo_runs_the_whole_flow(tmp_path):
     capsfus("demo", folder)  # a second demo in the same folder starts afresh
     assert_refuses_foreign = capsfus("demo", tmp_path, check=False)
     assert assert_refuses_foreign.returncode == 1 and "not a demo folder" in assert_refuses_foreign.stderr
+
+
+def test_a_run_on_other_column_names_reads_only_those_columns(tmp_path, real_records, smoke_model):
+    """--raw-column, --synthetic-column and --key-column, in parquet and JSON Lines, with decoy columns
+    under the default names: a null laion_2b everywhere and one image_url shared by every row."""
+    records = real_records[:20]
+    rows = [{"url": f"https://example.org/{min(i, 4) if i == 5 else i}.jpg", "alt": r["laion_2b"],
+             "blip": r["laion_coco"], "laion_2b": None, "laion_coco": "", "image_url": "https://example.org/same.jpg"}
+            for i, r in enumerate(records)]
+    rows[7]["alt"] = None
+    parquet = write_parquet(tmp_path / "a.parquet", rows[:12], row_group_rows=4)
+    jsonl = tmp_path / "b.jsonl"
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows[12:]))
+    manifest, run, final = tmp_path / "m.json", tmp_path / "run", tmp_path / "final"
+    summary = json.loads(capsfus("manifest", "build", parquet, jsonl, "-o", manifest, "--rows-per-shard", 4,
+                                 "--raw-column", "alt", "--synthetic-column", "blip", "--key-column", "url",
+                                 "--json").stdout)
+    assert summary["columns"] == {"raw_caption": "alt", "synthetic_caption": "blip", "key": "url"}
+    capsfus("submit", manifest, "-o", run, "--model", smoke_model, "--local", "--greedy", "--max-new-tokens", 4)
+    stats = json.loads(capsfus("reduce", run, "--final", final, "--json").stdout)
+    assert stats["rows_in"] == 20 == stats["rows_out"] + stats["rejected_total"] + stats["duplicates"]
+    rejects = {r["row_id"]: r for r in pq.read_table(final / REJECTS_FILE).to_pylist()}
+    assert rejects[7]["reject_reason"] == "raw_caption_null" and rejects[7]["reject_detail"] == "alt is null"
+    assert [r for r in rejects.values() if not r["reject_reason"].startswith("caption_")] == [rejects[7]]
+    kept = pq.read_table(final / DATA_FILE).to_pylist() + list(rejects.values())
+    assert sorted(r["row_id"] for r in kept) == list(range(20))
+    assert all(r["alt"] == rows[r["row_id"]]["alt"] and r["blip"] == rows[r["row_id"]]["blip"] for r in kept)
+    assert all(r["prompt_tokens"] for r in kept if r["row_id"] != 7)
+
+    # Keys: with captions that pass the rules (the release's), only url 4's second row is a duplicate.
+    official = RunPaths(tmp_path / "official")
+    open_or_create(official, requested_settings(manifest, str(smoke_model), None, num_beams=1), {"num_beams"})
+    run_with_official_captions(official, [{**r, "laion_2b": row["alt"]} for r, row in zip(records, rows)])
+    deduped = json.loads(capsfus("reduce", official.root, "--final", tmp_path / "official-final", "--json").stdout)
+    assert deduped["duplicates_by_kind"] == {"duplicate_key": 1}  # the decoy image_url is shared by all 20
+    [duplicate] = pq.read_table(tmp_path / "official-final" / REJECTS_FILE).filter(
+        pc.field("reject_reason") == "duplicate_key").to_pylist()
+    assert (duplicate["row_id"], duplicate["duplicate_of"]) == (5, 4)
