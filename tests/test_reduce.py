@@ -8,6 +8,7 @@ from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -314,6 +315,17 @@ def test_the_same_bytes_however_many_tasks_and_partitions(tmp_path, finished_run
     assert len(plan.key_tasks) > 1 and plan.partitions > 1
     reduce_run(finished_run, tmp_path / "many", options, workers=2)
     assert _file_bytes(tmp_path / "many") == _file_bytes(tmp_path / "one")
+
+
+@pytest.mark.parametrize("rows, partitions", [(199_999, 1), (200_000, 4), (9_000_000, 5)])
+def test_key_partitions_are_the_workers_from_200k_rows_on_and_one_per_2m_rows_beyond(finished_run, rows, partitions):
+    """What the README and reduce --workers help promise."""
+    _, manifest = load_run(finished_run)
+    count = len(manifest.shards)
+    shard_rows = {shard.id: rows // count + (i < rows % count) for i, shard in enumerate(manifest.shards)}
+    plan = reduce_plan.plan_reduce(finished_run.root, finished_run.root / "final", manifest, shard_rows, pa.schema([]),
+                                   ReduceOptions(), workers=4)
+    assert plan.partitions == partitions
 
 
 def test_the_fork_servers_preload_runs_the_kernels_it_names():
