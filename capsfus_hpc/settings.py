@@ -150,6 +150,25 @@ def open_or_create(paths: RunPaths, requested: RunSettings, given: set[str], wri
     return frozen
 
 
+def refuse_drift(settings: RunSettings) -> None:
+    """Refuse to fuse with a model folder or prompt template other than the ones run.json froze:
+    parts of one run must come from one model and one prompt. A hub id is checked by its
+    revision only (None: whatever the hub serves; give --revision a commit to pin it)."""
+    if template_sha256() != settings.prompt_template_sha256:
+        raise CapsfusError(f"this capsfus-hpc's prompt template (sha256 {template_sha256()[:16]}) is not the one the "
+                           f"run was frozen with ({settings.prompt_template_sha256[:16]}); finish the run with the "
+                           "capsfus-hpc that started it, or start a new --output folder")
+    if not (settings.model_revision or "").startswith("local:"):
+        return
+    if not Path(settings.model).is_dir():
+        raise CapsfusError(f"the run's model folder {settings.model} is gone")
+    now = model_revision(settings.model, None)
+    if now != settings.model_revision:
+        raise CapsfusError(f"the run's model folder {settings.model} changed since the run started (run.json has "
+                           f"{settings.model_revision}, its files now give {now}); put the files back, or fuse with "
+                           "the new model into a new --output folder")
+
+
 def load_settings(paths: RunPaths) -> RunSettings:
     try:
         data = json.loads(paths.run_config.read_text())

@@ -32,7 +32,7 @@ from .paths import RunPaths
 from .permissions import check_folders, restrict_umask
 from .preemption import NEVER_STOP, StopRequest, WindowAborted, requeue_own_task, restart_count
 from .progress import Attempt, ChunkRecord, ProgressRecord, read_progress, write_progress
-from .settings import RunSettings, load_run
+from .settings import RunSettings, load_run, refuse_drift
 from .shard_reader import ShardReader
 from .validate import PromptTooLong, input_problem
 
@@ -162,6 +162,7 @@ class _LazyEngine:
         if self.engine is None:
             from .engine import FusionEngine
 
+            refuse_drift(self.settings)  # raised again for each shard: each is recorded failed, with the reason
             self.engine = FusionEngine.load(self.settings)
             self._apply_cap()
         return self.engine

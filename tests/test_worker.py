@@ -1,4 +1,6 @@
 import json
+import shutil
+from dataclasses import replace
 
 import pyarrow.parquet as pq
 import pytest
@@ -7,7 +9,7 @@ from capsfus_hpc.atomic import sha256_file
 from capsfus_hpc.columns import ROW_ID, STATUS_INVALID, STATUS_OK
 from capsfus_hpc.errors import CapsfusError
 from capsfus_hpc.progress import ProgressRecord, read_progress, write_progress
-from capsfus_hpc.settings import load_run
+from capsfus_hpc.settings import load_run, refuse_drift
 from capsfus_hpc.worker import chunk_ranges, run_shards
 
 from .conftest import make_run, with_urls, write_parquet
@@ -134,3 +136,31 @@ def test_finished_shards_are_not_redone(tmp_path, real_records, smoke_model):
     assert paths.progress(0).read_bytes() == before
     settings, _ = load_run(paths)
     assert settings.num_beams == 1
+
+
+def test_a_task_refuses_a_model_folder_changed_since_the_run_started(tmp_path, real_records, smoke_model):
+    model = tmp_path / "model"
+    shutil.copytree(smoke_model, model)
+    source = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:20]))
+    paths = make_run(tmp_path, [source], model, rows_per_shard=10, max_new_tokens=8)
+    run_shards(str(paths.root), [0])
+    original = (model / "config.json").read_bytes()  # then re-saved from another checkpoint, say
+    (model / "config.json").write_text(json.dumps({**json.loads(original), "rms_norm_eps": 2e-5}))
+    with pytest.raises(CapsfusError, match=f"shard 1: the run's model folder {model} changed since the run started"):
+        run_shards(str(paths.root), [1])
+    assert "changed since the run started" in read_progress(paths.progress(1)).last_attempt.error
+    assert not read_progress(paths.progress(1)).chunks  # nothing fused by the other model
+    (model / "config.json").write_bytes(original)  # put back: the shard runs
+    run_shards(str(paths.root), [1])
+    assert read_progress(paths.progress(1)).done
+    shutil.rmtree(model)
+    with pytest.raises(CapsfusError, match=f"the run's model folder {model} is gone"):
+        refuse_drift(load_run(paths)[0])
+
+
+def test_a_task_refuses_a_prompt_template_other_than_the_frozen_one(tmp_path, real_records, smoke_model):
+    paths = make_run(tmp_path, [write_parquet(tmp_path / "a.parquet", with_urls(real_records[:4]))], smoke_model, 4)
+    settings, _ = load_run(paths)
+    refuse_drift(settings)
+    with pytest.raises(CapsfusError, match="prompt template .* is not the one the run was frozen with"):
+        refuse_drift(replace(settings, prompt_template_sha256="0" * 64))
