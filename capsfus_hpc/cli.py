@@ -20,7 +20,8 @@ from .columns import ColumnMapping
 from .display import plan_document, plan_text, polling, row_progress, safe, stats_table, status_table
 from .errors import CapsfusError
 from .permissions import restrict_umask
-from .launch import prepare_slurm, refusal, slurm_options_for, submit_local, submit_plan, validate_plan
+from .launch import (DEFAULT_SAMPLES_PER_S, SLURM_COMMAND_OPTIONS, prepare_slurm, refusal, slurm_options_for,
+                     submit_local, submit_plan, validate_plan)
 from .manifest import DEFAULT_ROWS_PER_SHARD, build_manifest
 from . import options as opt
 from .paths import ReducePaths, RunPaths
@@ -95,6 +96,7 @@ def manifest_build(
 
 def _run_command(paths: RunPaths, manifest: Path, model: str, revision: Optional[str], given: dict) -> None:
     """The shared body of submit and resume; `given` holds the command's parsed options."""
+    _refuse_options_the_target_ignores(given)
     profile = load_profile(given["profile"]) if given["profile"] else None
     if given["greedy"] and given["num_beams"] not in (None, 1):
         raise CapsfusError("--greedy and --num-beams disagree; give one of them")
@@ -113,20 +115,33 @@ def _run_command(paths: RunPaths, manifest: Path, model: str, revision: Optional
             as_json=given["as_json"])
 
 
-def _launch(paths: RunPaths, requested, given: set[str], *, local: bool, dry_run: bool, workers: int,
-            shards_per_task: int, slurm_options: SlurmOptions, samples_per_s: float, then_reduce: Optional[Path],
+def _refuse_options_the_target_ignores(given: dict) -> None:
+    """--local runs no sbatch, and SLURM runs as many tasks as the array allows: an option for
+    the other is refused, not dropped."""
+    if given["local"]:
+        named = [f"--{name.replace('_', '-')}" for name in (*SLURM_COMMAND_OPTIONS, "samples_per_s", "then_reduce")
+                 if given[name] is not None] + (["--dry-run"] if given["dry_run"] else [])
+        if named:
+            raise CapsfusError(f"{', '.join(named)} {'is' if len(named) == 1 else 'are'} for SLURM submissions; "
+                               "drop --local, or drop them")
+    elif given["workers"] is not None:
+        raise CapsfusError("--workers is for --local (tasks at once on this machine); on SLURM, "
+                           "--array-parallelism caps the tasks running at once")
+
+
+def _launch(paths: RunPaths, requested, given: set[str], *, local: bool, dry_run: bool, workers: int | None,
+            shards_per_task: int, slurm_options: SlurmOptions, samples_per_s: float | None, then_reduce: Optional[Path],
             as_json: bool) -> None:
     """The one path of submit and resume: check everything, and only then freeze the settings and
     run what is missing (a refused command leaves no run.json behind to refuse its correction)."""
     open_or_create(paths, requested, given, write=False)
     if local:
-        if dry_run or then_reduce:
-            raise CapsfusError("--dry-run and --then-reduce are for SLURM submissions; drop --local")
         open_or_create(paths, requested, given)
-        return _launch_local(paths, workers, shards_per_task, as_json)
+        return _launch_local(paths, workers or 1, shards_per_task, as_json)
     if then_reduce is not None:
         check_final(ReducePaths(then_reduce), paths)
-    plan, reachable = prepare_slurm(paths, Path(requested.manifest), slurm_options, shards_per_task, samples_per_s,
+    plan, reachable = prepare_slurm(paths, Path(requested.manifest), slurm_options, shards_per_task,
+                                    samples_per_s or DEFAULT_SAMPLES_PER_S,
                                     then_reduce)
     checks = validate_plan(plan, reachable)
     refused = refusal(checks)
@@ -191,11 +206,11 @@ def submit(
     batch_size: opt.BatchSize = None, batch_tokens: opt.BatchTokens = None, prefix_cache: opt.PrefixCache = None,
     chunk_rows: opt.ChunkRows = None, window_rows: opt.WindowRows = None, dtype: opt.Dtype = None,
     max_caption_chars: opt.MaxCaptionChars = None, trust_remote_code: opt.TrustRemoteCode = None,
-    workers: opt.Workers = 1, shards_per_task: opt.ShardsPerTask = 1,
+    workers: opt.Workers = None, shards_per_task: opt.ShardsPerTask = 1,
     partition: opt.Partition = None, account: opt.Account = None, qos: opt.Qos = None, time: opt.Time = None, gpus: opt.Gpus = None,
     cpus: opt.Cpus = None, mem: opt.Mem = None, constraint: opt.Constraint = None, sbatch_arg: opt.SbatchArg = None,
     array_parallelism: opt.ArrayParallelism = None, signal_delay: opt.SignalDelay = None, max_requeues: opt.MaxRequeues = None,
-    samples_per_s: opt.SamplesPerS = 50.0, then_reduce: opt.ThenReduce = None, as_json: opt.JsonFlag = False,
+    samples_per_s: opt.SamplesPerS = None, then_reduce: opt.ThenReduce = None, as_json: opt.JsonFlag = False,
 ):
     """Fuse every shard not done yet: SLURM job arrays, or --local tasks. The run folder freezes the settings.
 
@@ -217,11 +232,11 @@ def resume(
     batch_size: opt.BatchSize = None, batch_tokens: opt.BatchTokens = None, prefix_cache: opt.PrefixCache = None,
     chunk_rows: opt.ChunkRows = None, window_rows: opt.WindowRows = None, dtype: opt.Dtype = None,
     max_caption_chars: opt.MaxCaptionChars = None, trust_remote_code: opt.TrustRemoteCode = None,
-    workers: opt.Workers = 1, shards_per_task: opt.ShardsPerTask = 1,
+    workers: opt.Workers = None, shards_per_task: opt.ShardsPerTask = 1,
     partition: opt.Partition = None, account: opt.Account = None, qos: opt.Qos = None, time: opt.Time = None, gpus: opt.Gpus = None,
     cpus: opt.Cpus = None, mem: opt.Mem = None, constraint: opt.Constraint = None, sbatch_arg: opt.SbatchArg = None,
     array_parallelism: opt.ArrayParallelism = None, signal_delay: opt.SignalDelay = None, max_requeues: opt.MaxRequeues = None,
-    samples_per_s: opt.SamplesPerS = 50.0, then_reduce: opt.ThenReduce = None, as_json: opt.JsonFlag = False,
+    samples_per_s: opt.SamplesPerS = None, then_reduce: opt.ThenReduce = None, as_json: opt.JsonFlag = False,
 ):
     """Submit only the shards that are neither done nor queued or running, as new arrays.
 

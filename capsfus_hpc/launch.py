@@ -128,6 +128,12 @@ class SlurmPlan:
         return [render_sbatch(spec) for spec in (*self.specs, *([self.reduce_spec] if self.reduce_spec else []))]
 
 
+# The run commands' options that only a SLURM submission uses (named as the command's parameters).
+SLURM_COMMAND_OPTIONS = ("time", "gpus", "cpus", "mem", "partition", "account", "qos", "constraint", "array_parallelism",
+                         "signal_delay", "max_requeues", "sbatch_arg")
+DEFAULT_SAMPLES_PER_S = 50.0  # of one task, for the dry run's GPU-hour estimate
+
+
 def slurm_options_for(paths: RunPaths, profile: dict, given: dict) -> SlurmOptions:
     """The options of the run's latest fusion job (none before the first), then the profile's,
     then those given (a command's options, None where not given): a resume keeps the partition,
@@ -135,8 +141,7 @@ def slurm_options_for(paths: RunPaths, profile: dict, given: dict) -> SlurmOptio
     options = dict(ledger.latest_fuse_options(ledger.read(paths.ledger)) or {})
     options.update(profile)
     renamed = {"signal_delay": "signal_delay_s", "sbatch_arg": "extra"}
-    for name in ("time", "gpus", "cpus", "mem", "partition", "account", "qos", "constraint", "array_parallelism",
-                 "signal_delay", "max_requeues", "sbatch_arg"):
+    for name in SLURM_COMMAND_OPTIONS:
         if given[name] is not None:
             options[renamed.get(name, name)] = given[name]
     known = {f.name for f in fields(SlurmOptions)}

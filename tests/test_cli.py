@@ -202,12 +202,20 @@ def test_reduce_refuses_options_it_would_ignore(tmp_path, real_records, smoke_mo
     assert not (tmp_path / "final").exists()
 
 
-def test_dry_run_and_then_reduce_are_refused_with_local(tmp_path, real_records):
-    source = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:10]))
-    capsfus("manifest", "build", source, "-o", tmp_path / "m.json")
-    result = capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run", "--model", "x", "--local", "--dry-run",
-                     check=False)
-    assert_one_line_error(result, "--dry-run and --then-reduce are for SLURM submissions")
+@pytest.mark.parametrize("options, named", [
+    (["--local", "--dry-run"], "--dry-run is for SLURM submissions; drop --local"),
+    (["--local", "--then-reduce", "final"], "--then-reduce is for SLURM submissions"),
+    (["--local", "--partition", "gpu", "--time", "60", "--sbatch-arg=--exclude=node7"],
+     "--time, --partition, --sbatch-arg are for SLURM submissions"),
+    (["--local", "--gpus", "2", "--max-requeues", "1", "--samples-per-s", "9"], "--gpus, --max-requeues, --samples-per-s are"),
+    (["--dry-run", "--workers", "4"], "--workers is for --local"),  # SLURM runs as many as the array allows
+])
+def test_an_option_the_target_would_ignore_is_refused(tmp_path, real_records, smoke_model, options, named):
+    paths = make_run(tmp_path, [write_parquet(tmp_path / "a.parquet", with_urls(real_records[:10]))], smoke_model, 10)
+    for command in (("submit", tmp_path / "run-manifest.json", "-o", tmp_path / "new", "--model", smoke_model),
+                    ("resume", paths.root)):
+        assert_one_line_error(capsfus(*command, *options, check=False), named)
+    assert not (tmp_path / "new").exists() and not paths.progress(0).exists()
 
 
 def test_status_of_a_folder_that_is_not_a_run(tmp_path):
