@@ -347,6 +347,9 @@ def status(
     unfinished = run_status.counts[DAMAGED] + (run_status.counts[FAILED] if watch is not None else 0)
     if (verify or watch is not None) and unfinished:
         raise CapsfusError(f"{unfinished} shard(s) failed or damaged; 'capsfus-hpc resume {paths.root}' runs them again")
+    if watch is not None and run_status.stranded:
+        raise CapsfusError(f"{len(run_status.stranded)} shard(s) pending with no task queued to run them; "
+                           f"'capsfus-hpc resume {paths.root}' submits them")
     if watch is not None and (failed := run_status.failed_reduces):
         job = failed[0]
         log = _reduce_logs(paths, run_status).get(job.job_id)

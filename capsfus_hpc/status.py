@@ -61,9 +61,17 @@ class RunStatus:
         return self.counts[DONE] == len(self.shards)
 
     @property
+    def stranded(self) -> tuple[int, ...]:
+        """Pending shards that no scheduler holds a task for: never submitted (an interrupted or
+        partly refused submit), or stopped and not requeued. Only a resume runs them."""
+        return tuple(s.shard for s in self.shards if s.state == PENDING and s.slurm_state not in PENDING_STATES)
+
+    @property
     def settled(self) -> bool:
-        """Nothing will change without a new command: no shard and no reduce job pending or running."""
-        return not self.counts[PENDING] and not self.counts[RUNNING] and not any(j.active for j in self.reduce_jobs)
+        """Nothing will change without a new command: no shard running or waiting in a queue, and
+        no reduce job pending or running."""
+        waiting = self.counts[PENDING] - len(self.stranded)
+        return not waiting and not self.counts[RUNNING] and not any(j.active for j in self.reduce_jobs)
 
     @property
     def failed_reduces(self) -> tuple[ReduceJobState, ...]:

@@ -116,6 +116,14 @@ def test_work_shows_a_progress_bar_on_a_terminal_and_timestamped_log_lines_elsew
     assert plain.strip().splitlines()[-1] == "done: shard 0 (12 rows), shard 1 (12 rows)"
 
 
+def test_a_watch_of_a_run_with_shards_no_task_will_run_ends_and_says_to_resume(tmp_path, real_records, smoke_model):
+    paths = make_run(tmp_path, [write_parquet(tmp_path / "a.parquet", with_urls(real_records[:8]))], smoke_model, 4)
+    watched = subprocess.run([sys.executable, "-m", "capsfus_hpc", "status", str(paths.root), "--watch", "1"],
+                             capture_output=True, text=True, timeout=60)  # a submit interrupted before any task
+    assert watched.returncode == 1, watched.stderr
+    assert f"2 shard(s) pending with no task queued to run them; 'capsfus-hpc resume {paths.root}'" in watched.stderr
+
+
 def test_submit_names_a_missing_manifest(tmp_path):
     result = capsfus("submit", tmp_path / "nothere.json", "-o", tmp_path / "run", "--model", "x", "--dry-run",
                      check=False)

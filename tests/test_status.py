@@ -122,6 +122,17 @@ def test_a_run_is_settled_only_once_its_reduce_job_is_neither_pending_nor_runnin
     assert not derive_status(MANIFEST, {**records, 4: _record(4, 1, OPEN)}, {}).settled
 
 
+def test_a_pending_shard_no_scheduler_holds_is_stranded_and_leaves_the_run_settled():
+    """A shard never submitted, or stopped (an attempt that ended without error) and not requeued,
+    waits for a resume, not for SLURM: a watch must not wait for it forever."""
+    done = {i: _record(i, 2, FINISHED) for i in range(3)}
+    never, stopped = derive_status(MANIFEST, done, {}), derive_status(MANIFEST, {**done, 3: _record(3, 1, FINISHED)}, {})
+    assert never.stranded == (3, 4) and never.settled
+    assert stopped.stranded == (3, 4) and stopped.counts[PENDING] == 2 and stopped.settled
+    queued = derive_status(MANIFEST, done, {3: SCHEDULER_PENDING, 4: TaskState("7_2", "PENDING")})  # 4: sacct only
+    assert queued.stranded == () and not queued.settled
+
+
 def test_only_the_latest_reduce_of_each_final_folder_counts_as_failed():
     records = {i: _record(i, 2, FINISHED) for i in range(5)}
 
