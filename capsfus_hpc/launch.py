@@ -17,6 +17,7 @@ import submitit
 
 from . import ledger
 from .errors import CapsfusError
+from .local_queue import holding
 from .paths import RunPaths
 from .reduce import reduce_task
 from .reduce_lock import refuse_active_reduce, refuse_held
@@ -79,18 +80,19 @@ def run_local(paths: RunPaths, groups: list[list[int]], workers: int = 1, timeou
     queue = list(groups)
     running: list[tuple[submitit.Job, list[int]]] = []
     outcomes: list[TaskOutcome] = []
-    while queue or running:
-        while queue and len(running) < max(workers, 1):
-            group = queue.pop(0)
-            with _threads_per_task(workers):
-                running.append((executor.submit(run_shards, str(paths.root), group), group))
-        for job, group in [entry for entry in running if entry[0].done()]:
-            running.remove((job, group))
-            outcomes.append(TaskOutcome(str(job.job_id), tuple(group), _failure(job)))
-        if on_poll:
-            on_poll()
-        if running:
-            time.sleep(poll_s)
+    with holding(paths, [shard for group in groups for shard in group]):  # status sees the queue as pending
+        while queue or running:
+            while queue and len(running) < max(workers, 1):
+                group = queue.pop(0)
+                with _threads_per_task(workers):
+                    running.append((executor.submit(run_shards, str(paths.root), group), group))
+            for job, group in [entry for entry in running if entry[0].done()]:
+                running.remove((job, group))
+                outcomes.append(TaskOutcome(str(job.job_id), tuple(group), _failure(job)))
+            if on_poll:
+                on_poll()
+            if running:
+                time.sleep(poll_s)
     return outcomes
 
 

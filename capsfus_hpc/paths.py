@@ -16,6 +16,7 @@ class RunPaths:
     DIR/shards/00012/lease.json                who may write shard 12 now (lease.py)
     DIR/logs/<job id>_<task>_log.{out,err}      task logs written by submitit (launch.py, slurm.py)
     DIR/jobs.jsonl                             ledger of SLURM submissions (ledger.py)
+    DIR/local/<host>-<pid>.json                shards a running submit --local has yet to start (local_queue.py)
     """
 
     root: Path
@@ -46,6 +47,13 @@ class RunPaths:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def local_queues(self) -> Path:
+        return self.root / "local"
+
+    def local_queue(self, host: str, pid: int) -> Path:
+        return self.local_queues / f"{host}-{pid}.json"
 
     def task_stderr(self, job_id: str) -> Path:
         """stderr of a task (job id "123" or array task "123_4"), as submitit names it."""

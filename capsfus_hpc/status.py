@@ -6,16 +6,16 @@ each shard's task) into a RunStatus; `gather_status` is the I/O edge that collec
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from . import ledger, scheduler
 from .integrity import damage_report, damaged_chunks
 from .lease import abandoned
+from .local_queue import held_shards
 from .manifest import Manifest
 from .paths import RunPaths
+from .process import alive
 from .progress import ProgressRecord, read_progress
 from .scheduler import FAILURE_STATES, GONE, MISSING, PENDING_STATES, RUNNING_STATES, ReduceJobState, TaskState
 
@@ -163,29 +163,22 @@ def rows_committed(paths: RunPaths, shard_ids: list[int]) -> int:
 
 def worker_tasks(paths: RunPaths, records: dict[int, ProgressRecord]) -> dict[int, TaskState]:
     """What the run folder says of attempts still open: on this host, whether their process is
-    alive; elsewhere, gone if their lease's heartbeat stopped (where SLURM knows more, it wins)."""
+    alive; elsewhere, gone if their lease's heartbeat stopped (where SLURM knows more, it wins).
+    A shard a live local submit has yet to start is pending in its queue (local_queue.py)."""
     host = socket.gethostname()
-    tasks = {}
+    tasks = {shard: TaskState(job, "PENDING", queued=True) for shard, job in held_shards(paths, records).items()}
     for shard_id, record in records.items():
         attempt = record.last_attempt
         if not attempt or attempt.ended_at is not None:
             continue
         job = attempt.job_id or str(attempt.pid)
+        if shard_id in tasks:
+            continue  # an earlier attempt's, which the local queue will run again
         if attempt.host == host:
-            tasks[shard_id] = TaskState(job, "RUNNING" if _alive(attempt.pid) else GONE)
+            tasks[shard_id] = TaskState(job, "RUNNING" if alive(attempt.pid) else GONE)
         elif abandoned(paths.lease(shard_id)):
             tasks[shard_id] = TaskState(job, GONE)
     return tasks
-
-
-def _alive(pid: int) -> bool:
-    if not Path(f"/proc/{pid}").exists():
-        return False
-    try:
-        # A zombie is a finished process whose parent has not reaped it yet.
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return os.path.exists(f"/proc/{pid}")
 
 
 def gather_status(paths: RunPaths, manifest: Manifest, slurm: bool | None = None,

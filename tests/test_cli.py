@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 
 import pyarrow.parquet as pq
@@ -122,6 +123,32 @@ def test_a_watch_of_a_run_with_shards_no_task_will_run_ends_and_says_to_resume(t
                              capture_output=True, text=True, timeout=60)  # a submit interrupted before any task
     assert watched.returncode == 1, watched.stderr
     assert f"2 shard(s) pending with no task queued to run them; 'capsfus-hpc resume {paths.root}'" in watched.stderr
+
+
+def test_shards_a_local_submit_has_yet_to_start_are_pending_in_its_queue(tmp_path, real_records, smoke_model):
+    """One worker, three shards: the two waiting read as pending in the driver's queue, a second
+    submit leaves them to it, and a watch follows the run to its end."""
+    paths = make_run(tmp_path, [write_parquet(tmp_path / "a.parquet", with_urls(real_records[:24]))], smoke_model, 8,
+                     max_new_tokens=8)
+    driver = subprocess.Popen([sys.executable, "-m", "capsfus_hpc", "resume", str(paths.root), "--local"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (status := json.loads(capsfus("status", paths.root, "--json").stdout))["counts"]["running"]:
+            assert driver.poll() is None and time.time() < deadline, "the first task never started"
+            time.sleep(0.5)
+        waiting = [s for s in status["shards"] if s["state"] == "pending"]
+        assert waiting and all(s["job_id"] == f"local:{driver.pid}" and s["queued"] for s in waiting), status["shards"]
+        again = json.loads(capsfus("resume", paths.root, "--local", "--json").stdout)
+        assert again["shards_run"] == []  # all three are the driver's
+        watched = subprocess.run([sys.executable, "-m", "capsfus_hpc", "status", str(paths.root), "--watch", "1"],
+                                 capture_output=True, text=True, timeout=300)
+        assert watched.returncode == 0, watched.stderr
+        assert driver.wait(timeout=60) == 0
+    finally:
+        driver.kill()
+    final = json.loads(capsfus("status", paths.root, "--json").stdout)
+    assert final["counts"]["done"] == 3 and not list(paths.local_queues.iterdir())
 
 
 def test_submit_names_a_missing_manifest(tmp_path):

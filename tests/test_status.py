@@ -1,4 +1,6 @@
 import json
+import os
+import subprocess
 import time
 
 from capsfus_hpc.columns import ColumnMapping
@@ -180,3 +182,23 @@ def test_a_resume_leaves_a_shard_to_the_task_squeue_lists_but_not_to_one_only_sa
     tasks = {0: TaskState("8_0", "PENDING", True), 1: TaskState("8_1", "PENDING"), 2: TaskState("8_2", "RUNNING", True)}
     status = derive_status(MANIFEST, {3: _record(3, 2, FINISHED)}, tasks)
     assert shards_to_run(status) == [1, 4]
+
+
+def test_a_local_queue_holds_its_unstarted_shards_only_while_its_process_lives(tmp_path):
+    from capsfus_hpc.local_queue import held_shards, holding
+    from capsfus_hpc.paths import RunPaths
+
+    paths = RunPaths(tmp_path)
+    records = {0: _record(0, 2, FINISHED)}  # shard 0: started before the queue (a rerun would redo it)
+    with holding(paths, [0, 1, 2]) as queue:
+        assert held_shards(paths, records) == {0: queue.job_id, 1: queue.job_id, 2: queue.job_id}
+        started = Attempt(time.time() + 1, queue.host, 1, None)  # shard 1: begun by the queue itself
+        assert set(held_shards(paths, {**records, 1: _record(1, 0, started)})) == {0, 2}
+    assert held_shards(paths, records) == {} and not list(paths.local_queues.iterdir())
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    paths.local_queue(queue.host, dead.pid).write_text(json.dumps(
+        {"host": queue.host, "pid": dead.pid, "started_at": 0.0, "shards": [3]}))  # left by a SIGKILLed driver
+    assert held_shards(paths, records) == {}
+    with holding(paths, [4]):  # the next local submit on the host clears it away
+        assert [p.name for p in paths.local_queues.iterdir()] == [f"{queue.host}-{os.getpid()}.json"]
