@@ -2,7 +2,8 @@
 
 One JSON line per submitted job: its tasks (job id of each task and the shards it runs) and the
 SLURM options it went with, which a later `resume` starts from.
-Lines are appended with O_APPEND and fsynced; a reader skips a torn last line.
+Lines are appended with O_APPEND and fsynced; a reader skips a torn line, and the next append
+starts on a new line, so a torn line costs only its own entry.
 """
 
 from __future__ import annotations
@@ -48,9 +49,13 @@ def append(path: Path, job_id: str, kind: str, tasks: list[tuple[str, list[int]]
            final: str | None = None, stage: str | None = None) -> Submission:
     entry = Submission(job_id, kind, tuple((t, tuple(s)) for t, s in tasks), time.time(), slurm, final, stage)
     line = (json.dumps(entry.as_dict(), sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line  # after a torn line: end it, so this entry is a line of its own
+        while line:
+            line = line[os.write(fd, line):]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -13,6 +13,8 @@ def test_submissions_append_and_read_back_skipping_a_torn_line(tmp_path):
     assert [e.job_id for e in entries] == ["40", "41"]
     assert entries[0].tasks == (("40_0", (0, 1)), ("40_1", (2,)))
     assert ledger.latest_task_of_shard(entries) == {0: "40_0", 1: "41", 2: "40_1"}
+    ledger.append(path, "43", ledger.FUSE, [("43", [2])])  # after the torn line, on a line of its own
+    assert [e.job_id for e in ledger.read(path)] == ["40", "41", "43"]
 
 
 def test_a_reduce_entry_keeps_its_final_folder_and_stage_and_fusion_lines_stay_as_they_were(tmp_path):
