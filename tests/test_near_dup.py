@@ -55,3 +55,5 @@ def test_reduce_drops_near_duplicates_after_exact_ones(tmp_path, real_records, s
     assert stats["duplicates_by_kind"] == {"duplicate_near": 1} and stats["near_dup"] == 0.8
     [rejected] = pq.read_table(tmp_path / "final" / REJECTS_FILE).to_pylist()
     assert (rejected["row_id"], rejected["duplicate_of"], rejected["reject_reason"]) == (4, 1, "duplicate_near")
+    card = (tmp_path / "final" / "README.md").read_text()  # the card names the filter and its threshold
+    assert "at least 0.8 Jaccard-similar" in " ".join(card.split())
