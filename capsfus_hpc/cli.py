@@ -368,7 +368,7 @@ def reduce(
     near_dup: Annotated[Optional[float], typer.Option("--near-dup", help="Also drop captions this Jaccard-similar (word 3-grams, MinHash) to an earlier kept one, e.g. 0.9; needs capsfus-hpc\\[near-dup], in memory, for runs of a few million rows.")] = None,
     target_file_mb: Annotated[int, typer.Option(help="Start a new data file past this size.", min=1)] = 512,
     rules: Annotated[Optional[Path], typer.Option(help="JSON file of caption rule thresholds (see capsfus_hpc/caption_rules.py).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Processes to use (default: the CPUs this process may use); with --slurm (default 1), at most N keys tasks and, from 200k rows on, at least N key partitions, each a dedup task per key kind.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Processes, and reader threads of the last stage, to use (default: the CPUs this process may use); with --slurm (default 1), at most N keys tasks and, from 200k rows on, at least N key partitions, each a dedup task per key kind.")] = None,
     on_slurm: Annotated[bool, typer.Option("--slurm", help="Run the reduce as SLURM arrays (keys, dedup, assemble) instead of here.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="With --slurm: wait for the dataset and print its stats.")] = False,
     partition: opt.Partition = None, account: opt.Account = None, qos: opt.Qos = None,

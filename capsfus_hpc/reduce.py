@@ -151,7 +151,7 @@ def reduce_run(paths: RunPaths, final: Path, options: ReduceOptions = ReduceOpti
         finally:
             if pool is not None:
                 pool.shutdown()
-        return assemble_task(final_dir, on_rows=advance)
+        return assemble_task(final_dir, on_rows=advance, cpus=workers)
 
 
 def reduce_task(run_dir: str, final: str) -> dict:

@@ -108,9 +108,10 @@ def _write_dropped(rejects: DataWriter, dropped: pa.Table | None, duplicates: Da
         duplicates.write(conform(dropped.filter(pc.is_valid(dropped.column(DUPLICATE_OF))), DUPLICATES_SCHEMA))
 
 
-def assemble_task(final_dir: str, on_rows=None) -> dict:
+def assemble_task(final_dir: str, on_rows=None, cpus: int | None = None) -> dict:
     """Write the data files, rejects, duplicates, card and, last, stats.json, then publish them
-    into the final folder; returns the stats."""
+    into the final folder; returns the stats. Reads with up to `cpus` threads (default: the CPUs
+    this process may use), at most MAX_READERS."""
     plan = read_plan(Path(final_dir))
     run, final, options = plan.run_paths, plan.final_paths, plan.options
     out = final.staged
@@ -149,7 +150,7 @@ def assemble_task(final_dir: str, on_rows=None) -> dict:
         dropped_writer = stack.enter_context(ThreadPoolExecutor(1))
         pending = deque()
         read = screened_rows(plan.schema, columns, options.rules)
-        for table, flags in batches(parts, read, readers=min(len(os.sched_getaffinity(0)), MAX_READERS)):
+        for table, flags in batches(parts, read, readers=min(cpus or len(os.sched_getaffinity(0)), MAX_READERS)):
             judged = judge_batch(table, flags, columns, options.rules, counts)
             row_ids = table.column(ROW_ID).to_numpy()
             kept, found = judged.passed, []

@@ -458,3 +458,15 @@ def test_a_work_folder_on_another_file_system_is_refused_before_anything_is_writ
         shutil.rmtree(elsewhere)
     (final / ".reduce").unlink()
     assert _all_bytes(final) == before
+
+
+def test_a_local_reduce_reads_with_no_more_threads_than_its_workers(tmp_path, finished_run, _run_all, monkeypatch):
+    from capsfus_hpc import reduce_assemble
+
+    _run_all(finished_run)
+    asked = []
+    real = reduce_assemble.batches
+    monkeypatch.setattr(reduce_assemble, "batches", lambda parts, read, readers: asked.append(readers) or real(
+        parts, read, readers=readers))
+    reduce_run(finished_run, tmp_path / "final", workers=1)  # --workers 1 on a shared login node
+    assert asked == [1]
