@@ -17,7 +17,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from .atomic import atomic_write_json
 from .paths import RunPaths
@@ -46,8 +46,7 @@ def holding(paths: RunPaths, shard_ids: list[int]) -> Iterator[LocalQueue]:
     for stale in _queues(paths):
         if stale.host == queue.host and not alive(stale.pid):
             paths.local_queue(stale.host, stale.pid).unlink(missing_ok=True)
-    atomic_write_json(path, {"host": queue.host, "pid": queue.pid, "started_at": queue.started_at,
-                             "shards": list(queue.shards)})
+    atomic_write_json(path, asdict(queue))
     try:
         yield queue
     finally:

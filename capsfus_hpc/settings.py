@@ -154,8 +154,9 @@ def refuse_drift(settings: RunSettings) -> None:
     """Refuse to fuse with a model folder or prompt template other than the ones run.json froze:
     parts of one run must come from one model and one prompt. A hub id is checked by its
     revision only (None: whatever the hub serves; give --revision a commit to pin it)."""
-    if template_sha256() != settings.prompt_template_sha256:
-        raise CapsfusError(f"this capsfus-hpc's prompt template (sha256 {template_sha256()[:16]}) is not the one the "
+    template = template_sha256()
+    if template != settings.prompt_template_sha256:
+        raise CapsfusError(f"this capsfus-hpc's prompt template (sha256 {template[:16]}) is not the one the "
                            f"run was frozen with ({settings.prompt_template_sha256[:16]}); finish the run with the "
                            "capsfus-hpc that started it, or start a new --output folder")
     if not (settings.model_revision or "").startswith("local:"):

@@ -169,11 +169,9 @@ def worker_tasks(paths: RunPaths, records: dict[int, ProgressRecord]) -> dict[in
     tasks = {shard: TaskState(job, "PENDING", queued=True) for shard, job in held_shards(paths, records).items()}
     for shard_id, record in records.items():
         attempt = record.last_attempt
-        if not attempt or attempt.ended_at is not None:
-            continue
+        if not attempt or attempt.ended_at is not None or shard_id in tasks:
+            continue  # (in tasks: an earlier attempt's, which the local queue will run again)
         job = attempt.job_id or str(attempt.pid)
-        if shard_id in tasks:
-            continue  # an earlier attempt's, which the local queue will run again
         if attempt.host == host:
             tasks[shard_id] = TaskState(job, "RUNNING" if alive(attempt.pid) else GONE)
         elif abandoned(paths.lease(shard_id)):
