@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -48,3 +49,38 @@ def test_a_requeued_task_takes_over_the_lease_its_earlier_self_left_on_a_lost_no
     other = ShardLease(path, 0, "42_0")
     with pytest.raises(CapsfusError, match="being written by job 41_3"):
         other.acquire()
+
+
+def test_of_two_takers_of_one_stale_lease_only_one_wins(tmp_path, monkeypatch):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path = tmp_path / "lease.json"
+    first, second = ShardLease(path, 0, "1"), ShardLease(path, 0, "2")
+    path.write_text(json.dumps({**first.mine.__dict__, "pid": int(dead.stdout), "job_id": "0"}))
+    rename = os.rename
+
+    def second_was_quicker(source, target):  # both judged the dead lease stale; the second took it first
+        monkeypatch.setattr(os, "rename", rename)
+        second.acquire()
+        rename(source, target)
+
+    monkeypatch.setattr(os, "rename", second_was_quicker)
+    with pytest.raises(CapsfusError, match=r"shard 0 is being written by job 2 on"):
+        first.acquire()
+    second.renew()  # still its own
+    assert json.loads(path.read_text())["job_id"] == "2"
+    second.release()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lease_is_its_file_not_its_pid(tmp_path):
+    """Two tasks in one process (a local run, say) are two holders: each sees the other's lease as taken."""
+    path = tmp_path / "lease.json"
+    first = ShardLease(path, 0, None).acquire()
+    path.unlink()  # given up by hand, say, and taken by another task of the same process
+    second = ShardLease(path, 0, None).acquire()
+    with pytest.raises(LeaseLost, match=r"taken over by job \(local\)"):
+        first.renew()
+    first.release()  # not its own any more: left in place
+    second.renew()
+    second.release()
+    assert not path.exists()

@@ -104,10 +104,10 @@ def test_a_worker_on_another_node_whose_lease_went_stale_is_failed_not_running(t
         paths.shard_dir(shard).mkdir(parents=True, exist_ok=True)
         write_progress(paths.progress(shard), record)
     heartbeat = time.time() - 700  # the lease timeout is 600 s
-    paths.lease(0).write_text(json.dumps({"shard": 0, "job_id": "7_0", "host": "gpu-node-17", "pid": 4242,
-                                          "heartbeat": heartbeat}))  # stopped renewing 700 s ago
-    paths.lease(1).write_text(json.dumps({"shard": 1, "job_id": "7_1", "host": "gpu-node-17", "pid": 4242,
-                                          "heartbeat": heartbeat + 650}))  # 50 s ago: at work
+    for shard, beat in ((0, heartbeat), (1, heartbeat + 650)):  # stopped renewing 700 s ago; 50 s ago: at work
+        paths.lease(shard).write_text(json.dumps({"shard": shard, "job_id": f"7_{shard}", "host": "gpu-node-17",
+                                                  "pid": 4242}))
+        os.utime(paths.lease(shard), (beat, beat))  # the heartbeat is the file's modification time
     states = [(s.state, s.error) for s in gather_status(paths, manifest, slurm=False).shards]
     assert states == [(FAILED, "the worker process died without reporting (killed or crashed)"), (RUNNING, None)]
 

@@ -1,5 +1,6 @@
 import json
 import shutil
+import time
 from dataclasses import replace
 
 import pyarrow.parquet as pq
@@ -8,11 +9,12 @@ import pytest
 from capsfus_hpc.atomic import sha256_file
 from capsfus_hpc.columns import ROW_ID, STATUS_INVALID, STATUS_OK
 from capsfus_hpc.errors import CapsfusError
+from capsfus_hpc.lease import TIMEOUT_ENV, ShardLease, abandoned
 from capsfus_hpc.progress import ProgressRecord, read_progress, write_progress
 from capsfus_hpc.settings import load_run, refuse_drift
-from capsfus_hpc.worker import chunk_ranges, run_shards
+from capsfus_hpc.worker import chunk_ranges, run_shard, run_shards
 
-from .conftest import make_run, with_urls, write_parquet
+from .conftest import ReplayEngine, make_run, with_urls, write_parquet
 
 
 def test_chunks_sit_on_a_fixed_grid_from_the_shard_start():
@@ -164,3 +166,32 @@ def test_a_task_refuses_a_prompt_template_other_than_the_frozen_one(tmp_path, re
     refuse_drift(settings)
     with pytest.raises(CapsfusError, match="prompt template .* is not the one the run was frozen with"):
         refuse_drift(replace(settings, prompt_template_sha256="0" * 64))
+
+
+def test_a_worker_keeps_its_lease_through_a_chunk_longer_than_the_lease_timeout(tmp_path, real_records,
+                                                                                 monkeypatch):
+    """The heartbeat does not wait for a commit: a slow chunk (faithful mode on a small GPU, say)
+    is neither reported abandoned nor taken over by a second task while its worker lives."""
+    paths = make_run(tmp_path, [write_parquet(tmp_path / "a.parquet", with_urls(real_records[:8]))], "-", 8,
+                     chunk_rows=4)
+    settings, manifest = load_run(paths)
+    monkeypatch.setenv(TIMEOUT_ENV, "1")
+    seen = []
+
+    class SlowReplay(ReplayEngine):
+        def fuse(self, pairs, before_batch=None):
+            time.sleep(2.5)  # more than twice the lease timeout without a commit
+            seen.append(abandoned(paths.lease(0)))
+            try:
+                ShardLease(paths.lease(0), 0, "second-task").acquire()
+                seen.append("taken over")
+            except CapsfusError as refused:
+                seen.append(str(refused))
+            return super().fuse(pairs)
+
+    engine = SlowReplay(real_records[:8])
+    record = run_shard(paths, settings, manifest, 0, lambda: engine)
+    assert record.done and len(record.chunks) == 2
+    assert seen[0] is None and seen[2] is None
+    assert all(isinstance(outcome, str) and "shard 0 is being written by job" in outcome for outcome in seen[1::2])
+    assert not paths.lease(0).exists()  # given back at the end
