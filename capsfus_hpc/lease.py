@@ -120,8 +120,6 @@ class ShardLease:
             own.unlink(missing_ok=True)
             if self._fd is None:
                 os.close(fd)
-        for aside in self.path.parent.glob(f"{self.path.name}.stale-*"):
-            aside.unlink(missing_ok=True)
         self._heartbeat = threading.Thread(target=self._beat, name=f"lease-{self.mine.shard}", daemon=True)
         self._heartbeat.start()
         return self
@@ -134,7 +132,7 @@ class ShardLease:
         if not _stale(holder, self.mine.job_id):
             raise CapsfusError(f"shard {self.mine.shard} is being written by {holder.describe()}; "
                                f"this task leaves it alone (lease {self.path})")
-        aside = self.path.with_name(f"{self.path.name}.stale-{self.mine.host}-{self.mine.pid}")
+        aside = self.path.with_name(f"{self.path.name}.stale-{self.mine.host}-{self.mine.pid}")  # ours alone
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:
