@@ -179,6 +179,16 @@ def worker_tasks(paths: RunPaths, records: dict[int, ProgressRecord]) -> dict[in
     return tasks
 
 
+def joined_tasks(folder: dict[int, TaskState], slurm: dict[int, TaskState]) -> dict[int, TaskState]:
+    """SLURM's word on each shard's latest task over the run folder's, except where a live process
+    of another job holds the shard (a local run started since that task): that is the newer news."""
+    joined = {**folder, **slurm}
+    for shard, task in folder.items():
+        if task.state != GONE and shard in slurm and slurm[shard].job_id != task.job_id:
+            joined[shard] = task
+    return joined
+
+
 def gather_status(paths: RunPaths, manifest: Manifest, slurm: bool | None = None,
                   records: dict[int, ProgressRecord] | None = None, verify: bool = False) -> RunStatus:
     """Status of a run from its folder (or the records already read from it), joined with SLURM
@@ -193,5 +203,4 @@ def gather_status(paths: RunPaths, manifest: Manifest, slurm: bool | None = None
     tasks = worker_tasks(paths, records)
     entries = ledger.read(paths.ledger)
     view = scheduler.query(entries) if entries and slurm is not False else scheduler.SchedulerView()
-    tasks.update(view.tasks)
-    return derive_status(manifest, records, tasks, view.note, damaged, view.reduce_jobs)
+    return derive_status(manifest, records, joined_tasks(tasks, view.tasks), view.note, damaged, view.reduce_jobs)

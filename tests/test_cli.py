@@ -125,11 +125,17 @@ def test_a_watch_of_a_run_with_shards_no_task_will_run_ends_and_says_to_resume(t
     assert f"2 shard(s) pending with no task queued to run them; 'capsfus-hpc resume {paths.root}'" in watched.stderr
 
 
-def test_shards_a_local_submit_has_yet_to_start_are_pending_in_its_queue(tmp_path, real_records, smoke_model):
+@pytest.mark.parametrize("after_slurm", [False, True], ids=["local-run", "local-resume-of-a-failed-slurm-task"])
+def test_shards_a_local_submit_has_yet_to_start_are_pending_in_its_queue(tmp_path, real_records, smoke_model,
+                                                                         after_slurm):
     """One worker, three shards: the two waiting read as pending in the driver's queue, a second
-    submit leaves them to it, and a watch follows the run to its end."""
+    submit leaves them to it, and a watch follows the run to its end. Where a SLURM task of the
+    shards failed before, the live local run is what status shows, not the old task."""
     paths = make_run(tmp_path, [write_parquet(tmp_path / "a.parquet", with_urls(real_records[:24]))], smoke_model, 8,
                      max_new_tokens=8)
+    if after_slurm:  # a task SLURM never ran, as one cancelled while pending: it reads as failed
+        ledger.append(paths.ledger, "987654321", ledger.FUSE, [("987654321_0", [0, 1, 2])], {})
+        assert json.loads(capsfus("status", paths.root, "--json").stdout)["counts"]["failed"] == 3
     driver = subprocess.Popen([sys.executable, "-m", "capsfus_hpc", "resume", str(paths.root), "--local"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

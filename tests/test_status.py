@@ -202,3 +202,15 @@ def test_a_local_queue_holds_its_unstarted_shards_only_while_its_process_lives(t
     assert held_shards(paths, records) == {}
     with holding(paths, [4]):  # the next local submit on the host clears it away
         assert [p.name for p in paths.local_queues.iterdir()] == [f"{queue.host}-{os.getpid()}.json"]
+
+
+def test_slurm_speaks_for_its_own_tasks_and_a_live_local_run_for_itself():
+    from capsfus_hpc.status import joined_tasks
+
+    folder = {0: TaskState("local:41", "PENDING", queued=True), 1: TaskState("41", "RUNNING"),
+              2: TaskState("7_2", "RUNNING"), 3: TaskState("41", GONE)}
+    slurm = {shard: TaskState(f"7_{shard}", "FAILED") for shard in range(5)}
+    joined = joined_tasks(folder, slurm)
+    assert joined[0] == folder[0] and joined[1] == folder[1]  # a live local run started after task 7_x failed
+    assert joined[2] == slurm[2]  # the same task: SLURM knows more than its process on this host
+    assert joined[3] == slurm[3] and joined[4] == slurm[4]  # a gone process says nothing newer
