@@ -24,8 +24,8 @@ def dataset_card(stats: dict, schema: pa.Schema, settings) -> str:
               ("missing (partial reduce)", stats["missing_rows"]), ("rows out", stats["rows_out"])]
     rules = "\n".join(f"| `{name}` | {', '.join(value) if isinstance(value, (list, tuple)) else value} |"
                       for name, value in stats["rules"].items())
-    near_dup = (f" Of the rows left, a caption whose word 3-grams are at least {stats['near_dup']} Jaccard-similar "
-                "(MinHash and LSH) to an earlier kept one's is dropped as `duplicate_near`." if stats.get("near_dup") else "")
+    near_dup = (f" So is a caption whose word 3-grams are at least {stats['near_dup']} Jaccard-similar "
+                "(MinHash and LSH) to an earlier kept one's, as `duplicate_near`." if stats.get("near_dup") else "")
     columns = "\n".join(f"| `{f.name}` | {f.type} | {COLUMN_MEANINGS.get(f.name, 'passed through from the input')} |"
                         for f in schema)
     return f"""---
@@ -50,9 +50,10 @@ Rejected rows, with their reasons, are in `rejects.parquet`; nothing was dropped
 
 ## Filters
 
-Rows whose input could not be fused, and fused captions failing a rule, are rejected; then the
-first accepted row of each normalised `{stats['dedup_key']}` (scheme and host case, default port,
-fragment and trailing slash ignored) is kept{' and of each normalised fused caption' if stats['dedup_caption'] else ''}.{near_dup}
+Rows whose input could not be fused, and fused captions failing a rule, are rejected; then, in
+row order, a row is dropped as a duplicate when a row kept before it has the same normalised
+`{stats['dedup_key']}` (scheme and host case, default port, fragment and trailing slash
+ignored){' or the same normalised fused caption' if stats['dedup_caption'] else ''}.{near_dup}
 
 | rule threshold | value |
 | --- | --- |

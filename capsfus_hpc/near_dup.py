@@ -3,8 +3,8 @@ normalised fused caption, with an LSH index (datasketch), greedy in manifest ord
 
 A row is dropped when an earlier kept row's caption is estimated at least `threshold` similar
 (Jaccard of 3-grams); LSH proposes candidates and the MinHash estimate confirms them, and the
-earliest confirmed row is named as the winner. It runs after exact dedup, over the rows still
-kept, in the assemble task: the index is global and in memory, about 1.5 KB per kept caption
+earliest confirmed row is named as the winner. It runs in the assemble task's greedy pass,
+after a row's exact keys (reduce_dedup.settle_in_order): the index is global and in memory, about 1.5 KB per kept caption
 (some 700k captions per GB), and MinHash costs about 90 us per caption on one core. So it suits
 runs of a few million rows; beyond that, dedup exactly and leave near duplicates to
 training-time sampling.
@@ -52,21 +52,32 @@ class NearDuplicates:
         self._index = self._datasketch.MinHashLSH(threshold=min(threshold, LSH_THRESHOLD_MAX), num_perm=NUM_PERM)
         self._kept: dict[int, np.ndarray] = {}
 
+    def signatures(self, captions: list[str]) -> list:
+        """The MinHash of each caption (in bulk: most of the cost, so done before the greedy pass)."""
+        out = []
+        for start in range(0, len(captions), BATCH):
+            out += self._datasketch.MinHash.bulk([shingles(caption) for caption in captions[start:start + BATCH]],
+                                                 num_perm=NUM_PERM, seed=SEED)
+        return out
+
+    def winner(self, signature) -> int | None:
+        """The earliest kept row whose caption this one nearly equals, if any."""
+        values = signature.hashvalues.astype(np.uint32)  # datasketch's hashes are below 2**32
+        confirmed = [c for c in self._index.query(signature) if (self._kept[c] == values).mean() >= self.threshold]
+        return min(confirmed) if confirmed else None
+
+    def keep(self, row_id: int, signature) -> None:
+        """A kept row: later ones are held against it."""
+        self._index.insert(row_id, signature, check_duplication=False)
+        self._kept[row_id] = signature.hashvalues.astype(np.uint32)
+
     def find(self, rows: list[tuple[int, str]]) -> list[tuple[int, int]]:
         """(row id, winner row id) of each offered (row id, caption) that an earlier kept row's
         caption nearly equals; the others are kept, and may win later rows."""
         found = []
-        for start in range(0, len(rows), BATCH):
-            batch = rows[start:start + BATCH]
-            signatures = self._datasketch.MinHash.bulk([shingles(caption) for _, caption in batch],
-                                                       num_perm=NUM_PERM, seed=SEED)
-            for (row_id, _), signature in zip(batch, signatures):
-                values = signature.hashvalues.astype(np.uint32)  # datasketch's hashes are below 2**32
-                winners = sorted(c for c in self._index.query(signature)
-                                 if (self._kept[c] == values).mean() >= self.threshold)
-                if winners:
-                    found.append((row_id, winners[0]))
-                else:
-                    self._index.insert(row_id, signature, check_duplication=False)
-                    self._kept[row_id] = values
+        for (row_id, _), signature in zip(rows, self.signatures([caption for _, caption in rows])):
+            if (winner := self.winner(signature)) is not None:
+                found.append((row_id, winner))
+            else:
+                self.keep(row_id, signature)
         return found

@@ -9,10 +9,10 @@ keys (reduce_keys.py: groups of shards, in parallel, spilling normalised keys in
 partitions), dedup (reduce_dedup.py: the rows that share a key, per partition and kind, in
 parallel), and assemble (reduce_assemble.py: one task that judges every row and writes the
 dataset, in manifest order, reading each part once). Here they run as local processes;
-reduce_slurm.py submits the same tasks as SLURM arrays. Dedup semantics: among rows that pass
-the caption rules, the first in manifest order with a normalised key wins; with --dedup-caption,
-among the rows left, the first with a normalised caption wins; with --near-dup, among the rows
-left, the first with a caption that similar wins (near_dup.py). So the output is the same bytes
+reduce_slurm.py submits the same tasks as SLURM arrays. Dedup semantics, one greedy pass in
+manifest order: a row that passes the caption rules is kept unless a row kept before it has the
+same normalised key, or with --dedup-caption the same normalised caption, or with --near-dup a
+caption that similar (near_dup.py); duplicate_of names that kept row. So the output is the same bytes
 whatever order shards finished in, and however many tasks or partitions did the work.
 """
 

@@ -32,7 +32,7 @@ from .dataset_writer import DataWriter
 from .errors import CapsfusError
 from .near_dup import NearDuplicates
 from .reconcile import committed_parts
-from .reduce_dedup import DUPLICATE_OF, DuplicateGroups
+from .reduce_dedup import DUPLICATE_OF, DuplicateGroups, settle_in_order
 from .reduce_judge import REJECT_DETAIL, REJECT_REASON, Judged, batches, conform, judge_batch, load_screen, screened_rows
 from .reduce_plan import CAPTION, KEY, ReducePlan, read_plan, rules_document
 from .reduce_publish import publish
@@ -81,18 +81,6 @@ def _dropped_rows(table: pa.Table, judged: Judged, found: list[tuple[str, str, n
     for name, values in ((REJECT_REASON, reasons), (REJECT_DETAIL, details), (DUPLICATE_OF, winners)):
         dropped = dropped.append_column(name, pa.concat_arrays(values).take(order))
     return dropped
-
-
-def _near_winners(near: NearDuplicates, table: pa.Table, row_ids: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    """Like DuplicateGroups.settle, for near duplicates: each kept row's winner, or -1."""
-    winners = np.full(len(row_ids), -1, np.int64)
-    offered = np.flatnonzero(kept)
-    pairs = near.find(list(zip(row_ids[offered].tolist(),
-                               table.column(FUSED_CAPTION).take(pa.array(offered)).to_pylist())))
-    if pairs:
-        lost, winner = (np.array(values, np.int64) for values in zip(*pairs))
-        winners[np.searchsorted(row_ids, lost)] = winner
-    return winners
 
 
 def _remove_on_error(folder: Path, error: BaseException | None) -> None:
@@ -153,15 +141,12 @@ def assemble_task(final_dir: str, on_rows=None, cpus: int | None = None) -> dict
         for table, flags in batches(parts, read, readers=min(cpus or len(os.sched_getaffinity(0)), MAX_READERS)):
             judged = judge_batch(table, flags, columns, options.rules, counts)
             row_ids = table.column(ROW_ID).to_numpy()
-            kept, found = judged.passed, []
-            for _, reason, said, groups in kinds:
-                winners = groups.settle(row_ids, kept)
-                kept = kept & (winners < 0)
-                found.append((reason, said, winners))
+            settled = settle_in_order(row_ids, judged.passed, [groups for *_, groups in kinds], near,
+                                      table.column(FUSED_CAPTION) if near else None)
+            found = [(reason, said, winners) for (_, reason, said, _), winners in zip(kinds, settled)]
             if near is not None:
-                winners = _near_winners(near, table, row_ids, kept)
-                kept = kept & (winners < 0)
-                found.append((DUPLICATE_NEAR, "caption nearly the same", winners))
+                found.append((DUPLICATE_NEAR, "caption nearly the same", settled[-1]))
+            kept = judged.passed & np.all([winners < 0 for winners in settled], axis=0) if settled else judged.passed
             for reason, _, winners in found:
                 duplicates_by_kind[reason] += int((winners >= 0).sum())
             rows_out += int(kept.sum())

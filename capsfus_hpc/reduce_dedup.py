@@ -4,9 +4,10 @@ Key tasks cover the manifest in order, so reading a partition's files task by ta
 rows in row id order. A task lists the rows of every key that more than one fused row holds,
 each with the first of them (its group); the other rows need no more thought. Which row of a
 group wins depends on which pass the caption rules, so assemble settles that as it judges, in
-row id order (`DuplicateGroups`): the first row to pass wins, and, with --dedup-caption, the
-first passing row of a caption group that no key group dropped. Near duplicates (opt-in) are
-found there too (near_dup.py), among the rows still kept.
+row id order: a passing row is kept unless a row kept before it is in one of its groups (a key's,
+with --dedup-caption a caption's) or, with --near-dup, has nearly its caption (near_dup.py).
+Only kept rows win, so a row dropped as a duplicate of one kind takes none of its other groups
+with it (`settle_in_order`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .atomic import atomic_path
 from .columns import DUPLICATE_OF, ROW_ID
 from .dedup import first_seen
 from .errors import CapsfusError
+from .near_dup import NearDuplicates
 from .reduce_plan import ReducePlan, read_plan
 
 _CHANGED = ("the parts changed during the reduce: a row the key tasks saw was not read by assemble; "
@@ -70,9 +72,9 @@ class DuplicateGroups:
         table = pa.concat_tables([_read_ipc(plan.final_paths.dedup(kind, p)) for p in range(plan.partitions)])
         return cls(table.column(ROW_ID).to_numpy(), table.column(GROUP).to_numpy())
 
-    def settle(self, row_ids: np.ndarray, offered: np.ndarray) -> np.ndarray:
-        """For each row of a batch (row ids ascending, after every earlier batch), the winner's row
-        id if it is offered and an earlier offered row of its group won, else -1."""
+    def groups_of(self, row_ids: np.ndarray) -> np.ndarray:
+        """For each row of a batch (row ids ascending, after every earlier batch), the index of
+        its group, or -1 if no other row shares its key."""
         out = np.full(len(row_ids), -1, np.int64)
         if not len(row_ids):
             return out
@@ -83,17 +85,54 @@ class DuplicateGroups:
                 row_ids[np.minimum(offsets, len(row_ids) - 1)], members)):
             raise CapsfusError(_CHANGED)
         self._seen = hi
-        take = offered[offsets]
-        members, offsets, groups = members[take], offsets[take], self.group[lo:hi][take]
-        unique, first = np.unique(groups, return_index=True)
+        out[offsets] = self.group[lo:hi]
+        return out
+
+    def settle(self, row_ids: np.ndarray, offered: np.ndarray) -> np.ndarray:
+        """For each row of a batch, the winner's row id if it is offered and an earlier offered
+        row of its group won, else -1 (the whole greedy pass when this is the only kind)."""
+        groups = self.groups_of(row_ids)
+        out = np.full(len(row_ids), -1, np.int64)
+        rows = np.flatnonzero(offered & (groups >= 0))
+        unique, first = np.unique(groups[rows], return_index=True)
         fresh = self.winner[unique] < 0
-        self.winner[unique[fresh]] = members[first[fresh]]
-        winners = self.winner[groups]
-        lost = winners != members
-        out[offsets[lost]] = winners[lost]
+        self.winner[unique[fresh]] = row_ids[rows[first[fresh]]]
+        winners = self.winner[groups[rows]]
+        lost = winners != row_ids[rows]
+        out[rows[lost]] = winners[lost]
         return out
 
     def check_all_seen(self) -> None:
         """After the last batch: every row that shares a key was in one."""
         if self._seen != len(self.row_ids):
             raise CapsfusError(_CHANGED)
+
+
+def settle_in_order(row_ids: np.ndarray, offered: np.ndarray, kinds: list[DuplicateGroups],
+                    near: NearDuplicates | None = None, captions: pa.Array | None = None) -> list[np.ndarray]:
+    """One greedy pass in row id order over every kind at once: an offered row is kept unless a
+    row kept before it shares one of its keys (checked in the order of `kinds`) or, with `near`,
+    nearly its caption. Returns, per kind (then near), each row's winner or -1; a winner is
+    always a kept row, so no key loses its last row to a duplicate that was dropped itself."""
+    if near is None and len(kinds) == 1:
+        return [kinds[0].settle(row_ids, offered)]
+    groups = [kind.groups_of(row_ids).tolist() for kind in kinds]
+    winners = [np.full(len(row_ids), -1, np.int64) for _ in range(len(kinds) + (near is not None))]
+    shared = np.any([np.array(g) >= 0 for g in groups], axis=0) if kinds else np.zeros(len(row_ids), bool)
+    rows = np.flatnonzero(offered if near is not None else offered & shared).tolist()
+    signatures = near.signatures(captions.take(pa.array(rows, pa.int64())).to_pylist()) if near else [None] * len(rows)
+    ids = row_ids.tolist()
+    for row, signature in zip(rows, signatures):
+        taken = next(((k, kind.winner[g]) for k, kind in enumerate(kinds)
+                      if (g := groups[k][row]) >= 0 and kind.winner[g] >= 0), None)
+        if taken is None and near is not None and (found := near.winner(signature)) is not None:
+            taken = (len(kinds), found)
+        if taken is not None:
+            winners[taken[0]][row] = taken[1]
+            continue
+        for k, kind in enumerate(kinds):
+            if groups[k][row] >= 0:
+                kind.winner[groups[k][row]] = ids[row]
+        if near is not None:
+            near.keep(ids[row], signature)
+    return winners

@@ -3,7 +3,7 @@ import pytest
 
 from capsfus_hpc.errors import CapsfusError
 from capsfus_hpc.near_dup import NearDuplicates, shingles
-from capsfus_hpc.reduce import REJECTS_FILE, ReduceOptions, reduce_run
+from capsfus_hpc.reduce import DATA_FILE, REJECTS_FILE, ReduceOptions, reduce_run
 
 from .conftest import make_run, run_with_official_captions, write_parquet
 
@@ -57,3 +57,18 @@ def test_reduce_drops_near_duplicates_after_exact_ones(tmp_path, real_records, s
     assert (rejected["row_id"], rejected["duplicate_of"], rejected["reject_reason"]) == (4, 1, "duplicate_near")
     card = (tmp_path / "final" / "README.md").read_text()  # the card names the filter and its threshold
     assert "at least 0.8 Jaccard-similar" in " ".join(card.split())
+
+
+def test_a_near_duplicate_dropped_leaves_its_key_to_the_next_row_with_that_key(tmp_path, real_records, smoke_model):
+    long_one = next(r for r in real_records if len(r["capsfuion_official"].split()) >= 25)
+    records = [dict(long_one), dict(long_one, laion_2b=long_one["laion_2b"] + " (again)",
+                                    capsfuion_official=_edited(long_one["capsfuion_official"])), dict(real_records[0])]
+    urls = ["https://example.org/0.jpg", "https://example.org/1.jpg", "https://example.org/1.jpg"]
+    rows = [{"image_url": u, "laion_2b": r["laion_2b"], "laion_coco": r["laion_coco"]} for u, r in zip(urls, records)]
+    paths = make_run(tmp_path, [write_parquet(tmp_path / "r.parquet", rows)], smoke_model, rows_per_shard=10)
+    run_with_official_captions(paths, records)
+    reduce_run(paths, tmp_path / "final", ReduceOptions(near_dup=0.8), workers=1)
+    [rejected] = pq.read_table(tmp_path / "final" / REJECTS_FILE).to_pylist()
+    assert (rejected["row_id"], rejected["duplicate_of"], rejected["reject_reason"]) == (1, 0, "duplicate_near")
+    kept = pq.read_table(tmp_path / "final" / DATA_FILE).column("row_id").to_pylist()
+    assert kept == [0, 2]  # 1.jpg keeps its other caption

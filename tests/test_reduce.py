@@ -202,6 +202,33 @@ def test_keys_are_compared_as_normalised_urls_and_captions_optionally(tmp_path, 
     assert [r["row_id"] for r in pq.read_table(tmp_path / "final" / DATA_FILE).to_pylist()] == [0, 3]
 
 
+def _kept_and_duplicates(folder):
+    kept = pq.read_table(folder / DATA_FILE).select(["row_id", "image_url"]).to_pylist()
+    duplicates = pq.read_table(folder / DUPLICATES_FILE).select(["row_id", "duplicate_of", "reject_reason"]).to_pylist()
+    return kept, duplicates
+
+
+def test_a_row_is_kept_unless_a_row_kept_before_it_has_its_key_or_its_caption(tmp_path, real_records, smoke_model):
+    """No image is lost to a duplicate that was itself dropped, and duplicate_of names a kept row."""
+    records = [dict(r) for r in real_records[:6]]
+    captions = [r["capsfuion_official"] for r in real_records[6:12]]
+    urls = ["https://example.org/0.jpg", "https://example.org/1.jpg", "https://example.org/1.jpg",  # 1 and 2: one image
+            "https://example.org/3.jpg", "https://example.org/3.jpg", "https://example.org/5.jpg"]  # 3 and 4: one image
+    wrote = [captions[0], captions[0].upper(), captions[2],  # 1 says what 0 says; 2 is the only other caption of 1.jpg
+             captions[3], captions[4], captions[4]]  # 4, a copy of 3.jpg, says what 5 (another image) says
+    for record, caption in zip(records, wrote):
+        record["capsfuion_official"] = caption
+    rows = [{"image_url": u, "laion_2b": r["laion_2b"], "laion_coco": r["laion_coco"]} for u, r in zip(urls, records)]
+    paths = _records_run(tmp_path, smoke_model, records, rows)
+    run_with_official_captions(paths, records)
+    reduce_run(paths, tmp_path / "final", ReduceOptions(dedup_caption=True, write_duplicates=True))
+    kept, duplicates = _kept_and_duplicates(tmp_path / "final")
+    assert [row["row_id"] for row in kept] == [0, 2, 3, 5]
+    assert duplicates == [{"row_id": 1, "duplicate_of": 0, "reject_reason": "duplicate_caption"},
+                          {"row_id": 4, "duplicate_of": 3, "reject_reason": "duplicate_key"}]
+    assert {row["image_url"] for row in kept} == set(urls)
+
+
 def test_rows_with_an_empty_key_are_not_duplicates_of_each_other(tmp_path, real_records, smoke_model):
     records = real_records[:6]
     rows = [{"image_url": u, "laion_2b": r["laion_2b"], "laion_coco": r["laion_coco"]} for u, r in zip(
