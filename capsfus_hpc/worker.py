@@ -203,6 +203,8 @@ def run_shard(paths: RunPaths, settings: RunSettings, manifest: Manifest, shard_
     if record.done and not damaged_chunks(paths, record):
         log.info("shard %d: already done", shard_id)
         return record
+    if (stops := record.time_limit_stops(_job_id())) > stop.max_requeues:  # this task, requeued for its other shards
+        raise CapsfusError(_past_the_requeue_limit(stops, stop.max_requeues))
     # Nothing of the shard is touched before the lease is ours: a second writer leaves here.
     lease = ShardLease(paths.lease(shard_id), shard_id, _job_id()).acquire()
     try:
@@ -278,8 +280,7 @@ def _stopped(paths: RunPaths, record: ProgressRecord, stop: StopRequest) -> Prog
     stops = record.time_limit_stops(_job_id()) + int(stop.wants_requeue)  # with this attempt's
     error = None
     if stop.wants_requeue and stops > stop.max_requeues:
-        error = (f"time limit reached with rows left after {stops - 1} time-limit requeues of this shard "
-                 f"(the limit, --max-requeues {stop.max_requeues}); give tasks more --time or fewer rows")
+        error = _past_the_requeue_limit(stops, stop.max_requeues)
     record = record.with_attempt_ended(time.time(), error, stopped_by=stop.signal_name)
     write_progress(paths.progress(record.shard), record)
     log.warning("shard %d: stopped by %s at row %d of %d-%d", record.shard, stop.signal_name,
@@ -287,6 +288,11 @@ def _stopped(paths: RunPaths, record: ProgressRecord, stop: StopRequest) -> Prog
     if error:
         raise CapsfusError(error)
     return record
+
+
+def _past_the_requeue_limit(stops: int, max_requeues: int) -> str:
+    return (f"time limit reached with rows left after {stops - 1} time-limit requeues of this shard "
+            f"(the limit, --max-requeues {max_requeues}); give tasks more --time or fewer rows")
 
 
 def needs_requeue(stop: StopRequest, finished: dict[int, bool], shard_ids: list[int]) -> bool:

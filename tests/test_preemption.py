@@ -113,6 +113,10 @@ def test_the_requeue_limit_counts_time_limit_stops_of_one_task_not_preemptions(t
     with pytest.raises(CapsfusError, match=r"after 1 time-limit requeues of this shard .*--max-requeues 1"):
         run_shard(paths, settings, manifest, 0, no_engine, time_limit_warning_long_ago(1))
     assert "--max-requeues 1" in read_progress(paths.progress(0)).last_attempt.error
+    attempts = len(read_progress(paths.progress(0)).attempts)
+    with pytest.raises(CapsfusError, match=r"--max-requeues 1"):  # the task, requeued for its other shards
+        run_shard(paths, settings, manifest, 0, no_engine, time_limit_warning_long_ago(1))
+    assert len(read_progress(paths.progress(0)).attempts) == attempts  # leaves the failed one alone
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "78")  # resubmitted by `resume`: a new task starts from none
     record = run_shard(paths, settings, manifest, 0, no_engine, time_limit_warning_long_ago(1))
     assert record.last_attempt.error is None and record.time_limit_stops("78_0") == 1
