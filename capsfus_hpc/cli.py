@@ -73,6 +73,8 @@ def manifest_build(
     synthetic_column: Annotated[str, typer.Option(help="Column of the synthetic caption.")] = "laion_coco",
     key_column: Annotated[Optional[str], typer.Option(help="Column identifying a row, used to deduplicate "
                                                       "(default: image_url, if present).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing manifest at -o (runs started from "
+                                        "it will refuse to go on).")] = False,
     as_json: opt.JsonFlag = False,
 ):
     """Cut input files into shards, reading only parquet footers; JSON inputs are staged to parquet once.
@@ -83,7 +85,7 @@ def manifest_build(
     with row_progress(console, "reading inputs", len(inputs)) as advance:
         seen = []
         manifest = build_manifest(inputs, output, rows_per_shard, columns, key_required=key_column is not None,
-                                  on_file=lambda path: (seen.append(path), advance(len(seen))))
+                                  on_file=lambda path: (seen.append(path), advance(len(seen))), replace=force)
     summary = {"manifest": str(output.absolute()), "files": len(manifest.files), "shards": len(manifest.shards),
                "rows": manifest.total_rows, "columns": manifest.columns.as_dict(),
                "staged": [f.path for f in manifest.files if f.source != f.path]}

@@ -153,18 +153,30 @@ def build_manifest(
     columns: ColumnMapping = ColumnMapping(),
     key_required: bool = False,
     on_file: Callable[[Path], None] | None = None,
+    replace: bool = False,
 ) -> Manifest:
-    """Read footers (staging JSON inputs first), plan shards, and write the manifest atomically."""
+    """Read footers (staging JSON inputs first), plan shards, and write the manifest atomically.
+    An existing file at `output` is replaced only with `replace` (and never when it is an input)."""
     if not inputs:
         raise CapsfusError("no input files given")
     output = output.absolute()
     if output.is_dir():
         raise CapsfusError(f"-o {output}: is a folder; name the manifest file, e.g. {output / 'manifest.json'}")
-    seen: set[Path] = set()
-    for given in inputs:  # overlapping globs would fuse every row of a file twice
-        if (resolved := Path(given).resolve()) in seen:
-            raise CapsfusError(f"{given} is given more than once; list each input file once")
-        seen.add(resolved)
+    seen: dict[tuple[int, int], Path] = {}
+    for given in inputs:  # overlapping globs (or links) would fuse every row of a file twice
+        check_readable(Path(given))
+        info = Path(given).stat()
+        if (info.st_dev, info.st_ino) in seen:
+            raise CapsfusError(f"{given} is given more than once (as {seen[info.st_dev, info.st_ino]}, or a link to "
+                               "it); list each input file once")
+        seen[info.st_dev, info.st_ino] = Path(given)
+    if output.exists():
+        out = output.stat()
+        if (out.st_dev, out.st_ino) in seen:
+            raise CapsfusError(f"-o {output}: is one of the inputs; name a new file for the manifest")
+        if not replace:
+            raise CapsfusError(f"-o {output}: exists already, and runs started from it refuse a changed one; "
+                               "name a new manifest, or give --force to replace it")
     files: list[InputFile] = []
     shards: list[Shard] = []
     schema: pa.Schema | None = None
@@ -222,9 +234,14 @@ def load_manifest(path: Path) -> Manifest:
         raise CapsfusError(f"{path}: no such manifest; build one with 'capsfus-hpc manifest build'") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CapsfusError(f"{path}: not a manifest (invalid JSON: {exc})") from exc
+    if not isinstance(data, dict) or "shards" not in data:
+        raise CapsfusError(f"{path}: not a manifest (no shards); build one with 'capsfus-hpc manifest build'")
     if data.get("version") != MANIFEST_VERSION:
         raise CapsfusError(f"{path}: manifest version {data.get('version')!r} is not {MANIFEST_VERSION}")
-    return Manifest.from_dict(data)
+    try:
+        return Manifest.from_dict(data)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CapsfusError(f"{path}: a damaged manifest ({type(exc).__name__}: {exc}); build it again") from exc
 
 
 def manifest_sha256(path: Path) -> str:

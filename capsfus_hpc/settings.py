@@ -188,6 +188,7 @@ def load_run(paths: RunPaths) -> tuple[RunSettings, Manifest]:
     if not manifest_path.exists():
         raise CapsfusError(f"the run's manifest {manifest_path} is gone")
     if manifest_sha256(manifest_path) != settings.manifest_sha256:
-        raise CapsfusError(f"the run's manifest {manifest_path} changed since the run started; "
-                           "use a new --output folder for a new manifest")
+        raise CapsfusError(f"the run's manifest {manifest_path} changed since the run started (its sha256 was "
+                           f"{settings.manifest_sha256[:12]}...); put that manifest back, or start a new run "
+                           "from the new one with 'capsfus-hpc submit' and a new --output folder")
     return settings, load_manifest(manifest_path)

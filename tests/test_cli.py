@@ -57,6 +57,11 @@ def test_manifest_json_output_is_machine_readable(tmp_path, real_records):
     result = capsfus("manifest", "build", source, "-o", tmp_path / "m.json", "--rows-per-shard", 50, "--json")
     summary = json.loads(result.stdout)
     assert summary["rows"] == 100 and summary["shards"] == 2 and summary["columns"]["key"] == "image_url"
+    again = capsfus("manifest", "build", source, "-o", tmp_path / "m.json", "--rows-per-shard", 25, check=False)
+    assert_one_line_error(again, "m.json: exists already", "--force")
+    assert json.loads((tmp_path / "m.json").read_text())["rows_per_shard"] == 50
+    capsfus("manifest", "build", source, "-o", tmp_path / "m.json", "--rows-per-shard", 25, "--force")
+    assert json.loads((tmp_path / "m.json").read_text())["rows_per_shard"] == 25
 
 
 def test_submit_status_reduce_through_the_cli(tmp_path, real_records, smoke_model):

@@ -78,6 +78,12 @@ def test_a_file_twice_an_empty_input_and_a_folder_for_output_are_refused(tmp_pat
     path = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:5]))
     with pytest.raises(CapsfusError, match=r"a.parquet is given more than once"):
         build_manifest([path, tmp_path / "." / "a.parquet"], tmp_path / "m.json", 10)
+    os.link(path, tmp_path / "linked.parquet")
+    with pytest.raises(CapsfusError, match=r"linked.parquet is given more than once \(as .*a.parquet, or a link"):
+        build_manifest([path, tmp_path / "linked.parquet"], tmp_path / "m.json", 10)
+    with pytest.raises(CapsfusError, match=r"a.parquet: is one of the inputs; name a new file"):
+        build_manifest([path], path, 10, replace=True)
+    assert pq.read_table(path).num_rows == 5  # the input is whole
     empty = tmp_path / "empty.parquet"
     pq.write_table(pq.read_table(path).slice(0, 0), empty)
     with pytest.raises(CapsfusError, match=r"the inputs hold no rows: .*empty.parquet"):
@@ -125,3 +131,17 @@ def test_an_input_changed_after_the_manifest_is_detected(tmp_path, real_records)
     path.unlink()
     with pytest.raises(CapsfusError, match=f"input {path} was deleted"):
         verify_input(manifest.files[0])
+
+
+def test_a_file_that_is_not_a_manifest_is_named_not_a_traceback(tmp_path, real_records):
+    data = tmp_path / "captions.json"
+    data.write_text(json.dumps(real_records[:3]))  # the data file given where the manifest belongs
+    with pytest.raises(CapsfusError, match=r"captions.json: not a manifest \(no shards\)"):
+        load_manifest(data)
+    source = write_parquet(tmp_path / "a.parquet", with_urls(real_records[:5]))
+    manifest = tmp_path / "m.json"
+    build_manifest([source], manifest, 10)
+    document = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**document, "shards": [{"shard": 0}]}))
+    with pytest.raises(CapsfusError, match=r"m.json: a damaged manifest \(TypeError: .*\); build it again"):
+        load_manifest(manifest)

@@ -54,8 +54,12 @@ def test_a_manifest_changed_after_the_run_started_is_refused(tmp_path, manifest_
     paths = RunPaths(tmp_path / "run")
     open_or_create(paths, requested_settings(manifest_path, str(smoke_model), None), set())
     load_run(paths)
-    build_manifest([write_parquet(tmp_path / "b.parquet", with_urls(real_records[:10]))], manifest_path, 20)
-    with pytest.raises(CapsfusError, match="changed since the run started"):
+    with pytest.raises(CapsfusError, match="exists already, and runs started from it refuse a changed one"):
+        build_manifest([write_parquet(tmp_path / "b.parquet", with_urls(real_records[:10]))], manifest_path, 20)
+    load_run(paths)  # untouched
+    build_manifest([tmp_path / "b.parquet"], manifest_path, 20, replace=True)
+    with pytest.raises(CapsfusError, match=r"changed since the run started \(its sha256 was [0-9a-f]{12}\.\.\.\); "
+                                           "put that manifest back"):
         load_run(paths)
 
 
