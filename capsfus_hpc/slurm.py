@@ -74,12 +74,28 @@ def time_minutes(value: str) -> int:
     return total
 
 
+# sbatch options the scripts set themselves: an --sbatch-arg would replace them silently.
+OWN_OPTIONS = {
+    **{name: f"give {flag}" for name, flag in (
+        ("partition", "--partition"), ("account", "--account"), ("qos", "--qos"), ("time", "--time"),
+        ("gpus-per-node", "--gpus"), ("cpus-per-task", "--cpus"), ("mem", "--mem"), ("constraint", "--constraint"),
+        ("array", "--array-parallelism for the throttle"), ("signal", "--signal-delay"))},
+    **dict.fromkeys(("output", "error", "open-mode"), "status and the requeued tasks read the logs where they are"),
+    **dict.fromkeys(("nodes", "ntasks", "ntasks-per-node"), "one worker a task: two would share its shards"),
+    "no-requeue": "tasks requeue themselves at the time-limit warning, and SLURM requeues preempted ones",
+    "dependency": "reduce jobs wait on the fusion arrays with it",
+    "job-name": "the jobs are named capsfus",
+}
+
+
 def extra_parameters(extra: tuple[str, ...]) -> dict:
     parameters = {}
     for argument in extra:
         if not argument.startswith("--"):
             raise CapsfusError(f"--sbatch-arg {argument!r} must look like --name=value or --flag")
         name, sep, value = argument[2:].partition("=")
+        if name in OWN_OPTIONS:
+            raise CapsfusError(f"--sbatch-arg {argument!r}: the scripts set --{name} themselves; {OWN_OPTIONS[name]}")
         parameters[name] = value if sep else True
     return parameters
 

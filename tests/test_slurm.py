@@ -1,3 +1,4 @@
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -72,3 +73,15 @@ def test_max_array_size_is_read_from_scontrol_output():
     assert max_array_size("AccountingStorageType   = x\nMaxArraySize            = 1001\nMaxJobCount = 10000\n") == 1001
     with pytest.raises(CapsfusError, match="MaxArraySize"):
         max_array_size("nothing here")
+
+
+@pytest.mark.parametrize("argument, advice", [
+    ("--array=0-9", "--array-parallelism"), ("--signal=USR1@5", "--signal-delay"),
+    ("--output=/tmp/x.log", "status and the requeued tasks read the logs"), ("--partition=gpu", "give --partition"),
+    ("--ntasks=2", "one worker a task"), ("--no-requeue", "requeue themselves"),
+    ("--dependency=afterok:1", "reduce jobs wait on the fusion arrays")])
+def test_an_sbatch_arg_that_would_replace_what_the_scripts_set_is_refused(argument, advice):
+    spec = ArraySpec(folder="/r/logs", python="python3", options=SlurmOptions(extra=(argument,)), tasks=3)
+    with pytest.raises(CapsfusError, match=rf"--sbatch-arg '{re.escape(argument)}': the scripts set "
+                                           rf"--{argument[2:].split('=')[0]} themselves; .*{re.escape(advice)}"):
+        render_sbatch(spec)
