@@ -88,7 +88,12 @@ def manifest_build(
                                   on_file=lambda path: (seen.append(path), advance(len(seen))), replace=force)
     summary = {"manifest": str(output.absolute()), "files": len(manifest.files), "shards": len(manifest.shards),
                "rows": manifest.total_rows, "columns": manifest.columns.as_dict(),
-               "staged": [f.path for f in manifest.files if f.source != f.path]}
+               "staged": [f.path for f in manifest.files if f.source != f.path],
+               "files_without_key": [f.source for f in manifest.files if not f.has_key]}
+    if summary["files_without_key"]:
+        console.print(f"[yellow]warning:[/] {len(summary['files_without_key'])} of {len(manifest.files)} file(s) have "
+                      f"no {safe(columns.key)} column: reduce cannot find their duplicates (name the key with "
+                      "--key-column)")
     if as_json:
         print_json(summary)
     else:

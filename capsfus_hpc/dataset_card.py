@@ -17,6 +17,17 @@ COLUMN_MEANINGS = {
 }
 
 
+def _dedup(stats: dict) -> str:
+    """What made a row a duplicate of an earlier kept one, as the reduce applied it."""
+    key = (f"the same normalised `{stats['dedup_key']}` (scheme and host case, default port, fragment and "
+           "trailing slash ignored)" if stats["dedup_key"] else None)
+    caption = "the same normalised fused caption" if stats["dedup_caption"] else None
+    if not key and not caption:
+        return " No input had a key column, so no row was dropped as a duplicate of another."
+    return (" Then, in row order, a row is dropped as a duplicate when a row kept before it has "
+            + " or ".join(filter(None, [key, caption])) + ".")
+
+
 def dataset_card(stats: dict, schema: pa.Schema, settings) -> str:
     counts = [("rows in", stats["rows_in"]), ("fused by the model", stats["ok"]),
               *[(f"rejected: {reason}", n) for reason, n in stats["rejected"].items()],
@@ -24,8 +35,9 @@ def dataset_card(stats: dict, schema: pa.Schema, settings) -> str:
               ("missing (partial reduce)", stats["missing_rows"]), ("rows out", stats["rows_out"])]
     rules = "\n".join(f"| `{name}` | {', '.join(value) if isinstance(value, (list, tuple)) else value} |"
                       for name, value in stats["rules"].items())
-    near_dup = (f" So is a caption whose word 3-grams are at least {stats['near_dup']} Jaccard-similar "
-                "(MinHash and LSH) to an earlier kept one's, as `duplicate_near`." if stats.get("near_dup") else "")
+    near_dup = (f" A row is also dropped, as `duplicate_near`, when its caption's word 3-grams are at least "
+                f"{stats['near_dup']} Jaccard-similar (MinHash and LSH) to an earlier kept row's."
+                if stats.get("near_dup") else "")
     columns = "\n".join(f"| `{f.name}` | {f.type} | {COLUMN_MEANINGS.get(f.name, 'passed through from the input')} |"
                         for f in schema)
     return f"""---
@@ -50,10 +62,7 @@ Rejected rows, with their reasons, are in `rejects.parquet`; nothing was dropped
 
 ## Filters
 
-Rows whose input could not be fused, and fused captions failing a rule, are rejected; then, in
-row order, a row is dropped as a duplicate when a row kept before it has the same normalised
-`{stats['dedup_key']}` (scheme and host case, default port, fragment and trailing slash
-ignored){' or the same normalised fused caption' if stats['dedup_caption'] else ''}.{near_dup}
+Rows whose input could not be fused, and fused captions failing a rule, are rejected.{_dedup(stats)}{near_dup}
 
 | rule threshold | value |
 | --- | --- |

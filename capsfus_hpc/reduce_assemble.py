@@ -182,7 +182,7 @@ def assemble_task(final_dir: str, on_rows=None, cpus: int | None = None) -> dict
         "missing": [asdict(gap) for gap in gaps],
         "shards": len(manifest.shards),
         "parts": len(parts),
-        "dedup_key": manifest.columns.key,
+        "dedup_key": manifest.columns.key if manifest.columns.key in plan.schema.names else None,  # None: no input had it
         "dedup_caption": options.dedup_caption,
         "near_dup": options.near_dup,
         "target_file_bytes": options.target_file_bytes,

@@ -497,3 +497,21 @@ def test_a_local_reduce_reads_with_no_more_threads_than_its_workers(tmp_path, fi
         parts, read, readers=readers))
     reduce_run(finished_run, tmp_path / "final", workers=1)  # --workers 1 on a shared login node
     assert asked == [1]
+
+
+def test_a_run_without_a_key_column_says_it_was_not_deduplicated(tmp_path, real_records, smoke_model):
+    from .test_cli import capsfus
+
+    records = real_records[:6]
+    rows = [{"laion_2b": r["laion_2b"], "laion_coco": r["laion_coco"]} for r in records * 2]  # every row twice
+    source = write_parquet(tmp_path / "r.parquet", rows)
+    result = capsfus("manifest", "build", source, "-o", tmp_path / "m.json", "--json")
+    assert json.loads(result.stdout)["files_without_key"] == [str(source)]
+    assert "1 of 1 file(s) have no image_url column: reduce cannot find their duplicates" in " ".join(result.stderr.split())
+    paths = make_run(tmp_path, [source], smoke_model, rows_per_shard=20)
+    run_with_official_captions(paths, records)
+    stats = reduce_run(paths, tmp_path / "final")
+    assert stats["dedup_key"] is None and stats["duplicates"] == 0 and stats["rows_out"] == 12
+    card = " ".join((tmp_path / "final" / "README.md").read_text().split())
+    assert "No input had a key column, so no row was dropped as a duplicate of another." in card
+    assert "image_url" not in card
