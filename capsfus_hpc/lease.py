@@ -48,6 +48,7 @@ class Lease:
     host: str
     pid: int
     heartbeat: float  # when the holder last showed it lives: read from the file's modification time
+    taken_at: float | None = None  # when it was taken (by a process that had started by then)
 
     def describe(self) -> str:
         return (f"job {self.job_id or '(local)'} on {self.host} (pid {self.pid}, "
@@ -85,13 +86,13 @@ def _stale(lease: Lease, job_id: str | None) -> bool:
         return True
     if job_id is not None and lease.job_id == job_id:
         return True  # our own task before SLURM requeued it (after a node failure, say)
-    return lease.host == socket.gethostname() and not alive(lease.pid)
+    return lease.host == socket.gethostname() and not alive(lease.pid, lease.taken_at)
 
 
 class ShardLease:
     def __init__(self, path: Path, shard: int, job_id: str | None):
         self.path = path
-        self.mine = Lease(shard, job_id, socket.gethostname(), os.getpid(), time.time())
+        self.mine = Lease(shard, job_id, socket.gethostname(), os.getpid(), time.time(), time.time())
         self._fd: int | None = None  # the holder's file, open while held
         self._inode = -1
         self._released = threading.Event()

@@ -44,7 +44,7 @@ def holding(paths: RunPaths, shard_ids: list[int]) -> Iterator[LocalQueue]:
     path = paths.local_queue(queue.host, queue.pid)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     for stale in _queues(paths):
-        if stale.host == queue.host and not alive(stale.pid):
+        if stale.host == queue.host and not alive(stale.pid, stale.started_at):
             paths.local_queue(stale.host, stale.pid).unlink(missing_ok=True)
     atomic_write_json(path, asdict(queue))
     try:
@@ -59,7 +59,7 @@ def held_shards(paths: RunPaths, records: dict[int, ProgressRecord]) -> dict[int
     host = socket.gethostname()
     held = {}
     for queue in _queues(paths):
-        if queue.host != host or not alive(queue.pid):
+        if queue.host != host or not alive(queue.pid, queue.started_at):
             continue
         for shard in queue.shards:
             attempt = records[shard].last_attempt if shard in records else None

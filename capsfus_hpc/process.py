@@ -1,16 +1,35 @@
-"""Whether a process of this host is alive (not gone, not a zombie): local tasks and queues."""
+"""Whether a process of this host is alive (not gone, not a zombie, not a newer process that was
+given the same pid): local tasks, queues and leases."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+CLOCK_SLACK_S = 2.0  # /proc/stat's boot time is whole seconds
 
-def alive(pid: int) -> bool:
+
+def started_at(pid: int) -> float | None:
+    """When the process started (seconds since the epoch), or None if that cannot be read."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19])  # field 22, starttime
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, IndexError, ValueError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def alive(pid: int, since: float | None = None) -> bool:
+    """Whether `pid` runs; with `since` (when the process was known to run), only if the process
+    with that pid now started by then: pids are reused, and a later one is someone else."""
     if not Path(f"/proc/{pid}").exists():
         return False
     try:
         # A zombie is a finished process whose parent has not reaped it yet.
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] == "Z":
+            return False
     except (OSError, IndexError):
         return os.path.exists(f"/proc/{pid}")
+    start = started_at(pid) if since is not None else None
+    return start is None or start <= since + CLOCK_SLACK_S

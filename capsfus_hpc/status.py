@@ -173,7 +173,7 @@ def worker_tasks(paths: RunPaths, records: dict[int, ProgressRecord]) -> dict[in
             continue  # (in tasks: an earlier attempt's, which the local queue will run again)
         job = attempt.job_id or str(attempt.pid)
         if attempt.host == host:
-            tasks[shard_id] = TaskState(job, "RUNNING" if alive(attempt.pid) else GONE)
+            tasks[shard_id] = TaskState(job, "RUNNING" if alive(attempt.pid, attempt.started_at) else GONE)
         elif abandoned(paths.lease(shard_id)):
             tasks[shard_id] = TaskState(job, GONE)
     return tasks

@@ -214,3 +214,23 @@ def test_slurm_speaks_for_its_own_tasks_and_a_live_local_run_for_itself():
     assert joined[0] == folder[0] and joined[1] == folder[1]  # a live local run started after task 7_x failed
     assert joined[2] == slurm[2]  # the same task: SLURM knows more than its process on this host
     assert joined[3] == slurm[3] and joined[4] == slurm[4]  # a gone process says nothing newer
+
+
+def test_a_local_attempt_whose_pid_now_names_a_newer_process_is_failed_not_running(tmp_path, real_records, smoke_model):
+    import socket
+
+    from capsfus_hpc.progress import write_progress
+    from capsfus_hpc.settings import load_run
+    from capsfus_hpc.status import gather_status
+
+    from .conftest import make_run, with_urls, write_parquet
+
+    paths = make_run(tmp_path, [write_parquet(tmp_path / "a.parquet", with_urls(real_records[:20]))], smoke_model, 10)
+    _, manifest = load_run(paths)
+    for shard, started in ((0, time.time() - 2 * 86400), (1, time.time())):  # this pid, two days ago; and now
+        record = ProgressRecord.new(manifest.shard(shard)).with_attempt(Attempt(started, socket.gethostname(),
+                                                                                os.getpid(), None))
+        paths.shard_dir(shard).mkdir(parents=True, exist_ok=True)
+        write_progress(paths.progress(shard), record)
+    states = [(s.state, s.error) for s in gather_status(paths, manifest, slurm=False).shards]
+    assert states == [(FAILED, "the worker process died without reporting (killed or crashed)"), (RUNNING, None)]
