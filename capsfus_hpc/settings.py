@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,10 @@ def requested_settings(manifest_path: Path, model: str, revision: str | None, **
     manifest = load_manifest(manifest_path)
     if not Path(model).exists() and model.startswith(("/", "./", "../", "~")):  # a path, not a hub id
         raise CapsfusError(f"--model {model}: no such folder")
+    if Path(model).exists() and not (Path(model) / "config.json").is_file():  # else every task fails loading it
+        what = "a folder without config.json" if Path(model).is_dir() else "a file"
+        raise CapsfusError(f"--model {model}: {what}, not a model folder (one that save_pretrained wrote, "
+                           "with config.json, the weights and the tokenizer)")
     model_id = str(Path(model).absolute()) if Path(model).exists() else model
     unknown = set(options) - set(TUNABLE)
     if unknown:
@@ -177,6 +181,11 @@ def load_settings(paths: RunPaths) -> RunSettings:
         raise CapsfusError(f"{paths.root}: not a run folder (no run.json); start one with 'capsfus-hpc submit'") from exc
     except json.JSONDecodeError as exc:
         raise CapsfusError(f"{paths.run_config}: invalid JSON: {exc}") from exc
+    required = {f.name for f in fields(RunSettings) if f.default is MISSING and f.default_factory is MISSING}
+    if not isinstance(data, dict) or required - set(data):
+        lacking = sorted(required - set(data)) if isinstance(data, dict) else "everything: it is not an object"
+        raise CapsfusError(f"{paths.run_config}: not a run's settings (lacks {lacking}); it was edited or written by "
+                           "something else, and the run cannot go on from it")
     known = {f.name for f in fields(RunSettings)}
     return RunSettings(**{k: v for k, v in data.items() if k in known})
 

@@ -87,3 +87,24 @@ def test_a_local_model_is_identified_by_its_weights_not_only_their_sizes(tmp_pat
     with big.open("r+b") as handle:
         handle.write(b"\x01")  # a large file is sampled at both ends
     assert model_revision(str(copy), None) != before
+
+
+def test_a_model_path_that_holds_no_model_is_refused_before_the_run_is_frozen(tmp_path, manifest_path):
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    for model, what in ((tmp_path / "weights.safetensors", "a file"), (tmp_path / "empty", "a folder without config.json")):
+        with pytest.raises(CapsfusError, match=rf"--model {model}: {what}, not a model folder"):
+            requested_settings(manifest_path, str(model), None)
+
+
+def test_a_run_json_that_is_not_a_runs_settings_is_named(tmp_path, manifest_path, smoke_model):
+    paths = RunPaths(tmp_path / "run")
+    open_or_create(paths, requested_settings(manifest_path, str(smoke_model), None), set())
+    frozen = json.loads(paths.run_config.read_text())
+    del frozen["manifest_sha256"]
+    paths.run_config.write_text(json.dumps(frozen))
+    with pytest.raises(CapsfusError, match=r"run.json: not a run's settings \(lacks \['manifest_sha256'\]\)"):
+        load_run(paths)
+    paths.run_config.write_text("[1]")
+    with pytest.raises(CapsfusError, match=r"run.json: not a run's settings \(lacks everything: it is not an object\)"):
+        load_run(paths)
