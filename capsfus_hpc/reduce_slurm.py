@@ -9,6 +9,7 @@ stops the later stages, and `wait_for_reduce` names the job and its log.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +25,8 @@ from .reduce_lock import hold_final
 from .reduce_plan import ReduceOptions, ReducePlan
 from .scheduler import NEVER_STARTS, behind_never_starts, parse_sacct, parse_squeue
 from .slurm import SlurmOptions, _run, max_array_size, spec_for, submit_array
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,20 +72,49 @@ def _published(out: ReducePaths) -> dict | None:
     return None
 
 
-def wait_for_reduce(final: Path, jobs: list[ReduceJob], poll_s: float = 2.0) -> dict:
-    """Block until the dataset is published (returns the stats) or a stage's job ends without it."""
+class _Patient:
+    """Runs a SLURM query; a failure is forgiven (None, after a pause) until failures have lasted
+    `patience_s`, when the last one is raised."""
+
+    def __init__(self, poll_s: float, patience_s: float):
+        self.poll_s, self.patience_s = poll_s, patience_s
+        self.failing_since: float | None = None
+
+    def __call__(self, command: list[str]) -> str | None:
+        try:
+            answer = _run(command)
+        except CapsfusError as exc:
+            self.failing_since = self.failing_since or time.monotonic()
+            if time.monotonic() - self.failing_since >= self.patience_s:
+                raise CapsfusError(f"{exc} (for {self.patience_s:.0f} s, asked every {self.poll_s:g} s); the reduce "
+                                   "jobs may still run: 'capsfus-hpc status RUN' shows them") from exc
+            log.warning("%s; asking again", exc)
+            time.sleep(self.poll_s)
+            return None
+        self.failing_since = None
+        return answer
+
+
+def wait_for_reduce(final: Path, jobs: list[ReduceJob], poll_s: float = 2.0, patience_s: float = 600.0) -> dict:
+    """Block until the dataset is published (returns the stats) or a stage's job ends without it.
+    A busy controller that does not answer squeue or sacct is asked again for up to patience_s."""
     out = ReducePaths(final)
     ids = [job.job_id for job in jobs]
+    ask = _Patient(poll_s, patience_s)
     while True:
         if (stats := _published(out)) is not None:
             return stats
-        queued = behind_never_starts(ids, parse_squeue(_run(["squeue", "-h", "-r", "-o", "%i|%T|%r"])))
+        if (squeue := ask(["squeue", "-h", "-r", "-o", "%i|%T|%r"])) is None:
+            continue
+        queued = behind_never_starts(ids, parse_squeue(squeue))
         # A stage behind a failed one waits forever (NEVER_STARTS): it counts as ended.
         active = [task for task, state in queued.items() if ledger.job_of(task) in ids and state != NEVER_STARTS]
         if not active:
             if (stats := _published(out)) is not None:
                 return stats
-            states = parse_sacct(_run(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "--format=JobID,State"]))
+            if (sacct := ask(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "--format=JobID,State"])) is None:
+                continue
+            states = parse_sacct(sacct)
             failed = {task: state for task, state in states.items() if state != "COMPLETED"}
             stage = {job.job_id: job.stage for job in jobs}
             described = ", ".join(f"{stage.get(ledger.job_of(t), '?')} task {t}: {s}" for t, s in sorted(failed.items()))
