@@ -17,7 +17,7 @@ from rich.logging import RichHandler
 
 from . import __version__
 from .columns import ColumnMapping
-from .display import plan_document, plan_text, polling, row_progress, safe, stats_table, status_table
+from .display import NO_GPU, plan_document, plan_text, polling, row_progress, safe, stats_table, status_table
 from .errors import CapsfusError
 from .permissions import restrict_umask
 from .launch import (DEFAULT_SAMPLES_PER_S, SLURM_COMMAND_OPTIONS, prepare_slurm, refusal, slurm_options_for,
@@ -163,6 +163,8 @@ def _launch(paths: RunPaths, requested, given: set[str], *, local: bool, dry_run
         raise CapsfusError(refused)
     open_or_create(paths, requested, given)
     entries = submit_plan(paths, plan, then_reduce)
+    if entries and not plan.gpus_per_task:
+        console.print(f"[yellow]warning:[/] {NO_GPU}")
     if as_json:
         print_json({"run": str(paths.root), "jobs": [e.as_dict() for e in entries], "rows": plan.rows})
         return

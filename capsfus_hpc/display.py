@@ -136,14 +136,17 @@ def _ranges(ids: list[int]) -> str:
     return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
 
 
+NO_GPU = "no GPU requested: the tasks get CPUs only; give --gpus N, or a --profile that sets gpus"
+
+
 def plan_document(plan, checks: list[tuple[bool, str]]) -> dict:
     """A SLURM plan (launch.SlurmPlan) for --json, with sbatch --test-only's (accepted, answer) per array."""
     return {"arrays": [[list(group) for group in array] for array in plan.arrays], "scripts": plan.scripts(),
             "reduce_after": list(plan.reduce_after),
             "test_only": [message for _, message in checks], "accepted": [accepted for accepted, _ in checks],
-            "estimate": {"rows": plan.rows, "samples_per_s": plan.samples_per_s,
-                                              "gpus_per_task": plan.gpus_counted,
-                                              "gpu_hours": round(plan.gpu_hours, 2)}}
+            "estimate": {"rows": plan.rows, "samples_per_s": plan.samples_per_s, "gpus_per_task": plan.gpus_per_task,
+                         "gpu_hours": round(plan.gpu_hours, 2)},
+            "warnings": [NO_GPU] if not plan.gpus_per_task else []}
 
 
 def plan_text(plan, checks: list[tuple[bool, str]]) -> str:
@@ -160,7 +163,9 @@ def plan_text(plan, checks: list[tuple[bool, str]]) -> str:
         if plan.reduce_after:
             after.append(f"the run's jobs still queued or running ({', '.join(plan.reduce_after)})")
         parts += [f"# reduce job, after {' and '.join(after) or 'nothing: it can start at once'}", scripts[-1]]
+    each = f"{plan.gpus_per_task} GPU each" if plan.gpus_per_task else "each counted as one device"
     parts.append(f"# {plan.rows} rows to fuse at a stated {plan.samples_per_s:g} samples/s per task "
-                 f"({plan.gpus_counted} GPU each): about {plan.gpu_hours:.1f} GPU-hours. "
-                 "Nothing was submitted.")
+                 f"({each}): about {plan.gpu_hours:.1f} GPU-hours. Nothing was submitted.")
+    if not plan.gpus_per_task:
+        parts.append(f"# warning: {NO_GPU}")
     return "\n".join(parts)

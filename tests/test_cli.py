@@ -368,10 +368,12 @@ def test_options_given_override_the_profile_and_shards_are_grouped_per_task(tmp_
     script = plan["scripts"][0]
     for line in ("--array=0-2%3", "--cpus-per-task=1", "--mem=3G", "--time=30"):
         assert f"#SBATCH {line}\n" in script, line
-    assert plan["estimate"] == {"rows": 80, "samples_per_s": 4.0, "gpus_per_task": 1, "gpu_hours": round(80 / 4 / 3600, 2)}
+    assert plan["estimate"] == {"rows": 80, "samples_per_s": 4.0, "gpus_per_task": 0, "gpu_hours": round(80 / 4 / 3600, 2)}
+    assert plan["warnings"] == ["no GPU requested: the tasks get CPUs only; give --gpus N, or a --profile that sets gpus"]
     two = json.loads(capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run", "--model", smoke_model,
                              "--gpus", 2, "--samples-per-s", 0.01, "--dry-run", "--json", check=False).stdout)
     assert two["estimate"]["gpus_per_task"] == 2 and two["estimate"]["gpu_hours"] == round(80 / 0.01 / 3600 * 2, 2)
+    assert two["warnings"] == []
 
     few = write_parquet(tmp_path / "b.parquet", with_urls(real_records[:4]))
     capsfus("manifest", "build", few, "-o", tmp_path / "few.json")
