@@ -21,7 +21,7 @@ from .local_queue import holding
 from .paths import RunPaths
 from .reduce import reduce_task
 from .reduce_lock import refuse_active_reduce, refuse_held
-from .manifest import load_manifest
+from .manifest import load_manifest, refuse_changed_inputs
 from .settings import load_run
 from .slurm import (
     DEFAULT_MAX_ARRAY_SIZE, ArraySpec, SlurmOptions, max_array_size, plan_arrays, render_sbatch, sbatch_test_only,
@@ -182,6 +182,7 @@ def prepare_slurm(paths: RunPaths, manifest_path: Path, options: SlurmOptions, s
     if then_reduce is not None:
         refuse_held(then_reduce.absolute())
         refuse_active_reduce(then_reduce, status.reduce_jobs)
+    refuse_changed_inputs(manifest, shards_to_run(status))
     reachable = slurm_reachable()
     max_tasks = max_array_size() if reachable else DEFAULT_MAX_ARRAY_SIZE
     return plan_slurm(paths, status, options, shards_per_task, max_tasks, samples_per_s, then_reduce), reachable

@@ -259,6 +259,22 @@ def verify_input(file: InputFile) -> None:
         raise CapsfusError(f"input {parquet_path} {changed} since the manifest was built; rebuild the manifest")
 
 
+def refuse_changed_inputs(manifest: Manifest, shard_ids: list[int]) -> None:
+    """Before tasks are submitted: every input these shards read is as the manifest saw it (else
+    each of their tasks would fail on it)."""
+    changed = []
+    for index in sorted({manifest.shard(shard).file for shard in shard_ids}):
+        try:
+            verify_input(manifest.files[index])
+        except CapsfusError as exc:
+            changed.append(str(exc).removeprefix("input ").removesuffix("; rebuild the manifest"))
+    if changed:
+        shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
+        raise CapsfusError(f"{len(changed)} input file(s) of the shards to run changed since the manifest was "
+                           f"built, so their tasks would fail: {shown}. Put them back, or rebuild the manifest "
+                           "and start a new run")
+
+
 def _changed(path: Path, expected: Fingerprint, parquet: bool) -> str | None:
     try:
         actual = parquet_fingerprint(path) if parquet else stat_fingerprint(path, expected.content_sha256)

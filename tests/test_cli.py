@@ -381,3 +381,14 @@ def test_options_given_override_the_profile_and_shards_are_grouped_per_task(tmp_
             "--batch-size", 4, "--greedy", "--max-new-tokens", 4, "--local")
     frozen = json.loads((tmp_path / "local" / "run.json").read_text())
     assert (frozen["batch_size"], frozen["window_rows"], frozen["dtype"]) == (4, 32, "fp32")
+
+
+def test_a_slurm_submit_whose_inputs_changed_since_the_manifest_is_refused_before_any_job(tmp_path, real_records):
+    kept, lost = (write_parquet(tmp_path / f"{name}.parquet", with_urls(real_records[:8])) for name in ("kept", "lost"))
+    capsfus("manifest", "build", kept, lost, "-o", tmp_path / "m.json", "--rows-per-shard", 4)
+    lost.unlink()
+    for mode in ("--dry-run", "--mem=1G"):
+        result = capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run", "--model", "x", mode, check=False)
+        assert_one_line_error(result, "1 input file(s) of the shards to run changed since the manifest was built",
+                              f"{lost} was deleted")
+    assert not (tmp_path / "run").exists()
