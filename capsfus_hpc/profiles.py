@@ -15,6 +15,7 @@ from .errors import CapsfusError
 PROFILE_DIR = Path(__file__).resolve().parent / "cluster_profiles"
 SLURM_KEYS = {"partition", "account", "qos", "time", "gpus", "cpus", "mem", "constraint"}
 GENERATION_KEYS = {"batch_size", "batch_tokens", "window_rows", "dtype"}
+COUNTS = {"gpus": 0, "cpus": 1, "batch_size": 1, "batch_tokens": 1, "window_rows": 1}  # whole numbers, at least this
 TOP_LEVEL_KEYS = ("description",)
 
 
@@ -51,7 +52,21 @@ def load_profile(name: str) -> Profile:
     if unknown:
         raise CapsfusError(f"{path}: unknown keys {', '.join(unknown)} (known: [slurm] {', '.join(sorted(SLURM_KEYS))}; "
                            f"[generation] {', '.join(sorted(GENERATION_KEYS))}; top level: {', '.join(TOP_LEVEL_KEYS)})")
+    for section in sections:
+        for key, value in _table(data, section, path).items():
+            if problem := _bad_value(key, value):
+                raise CapsfusError(f"{path}: [{section}] {key} = {value!r}: {problem}")
     return Profile(path.stem, data.get("slurm", {}), data.get("generation", {}))
+
+
+def _bad_value(key: str, value) -> str | None:
+    if key in COUNTS:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return "must be a whole number"
+        return f"must be at least {COUNTS[key]}" if value < COUNTS[key] else None
+    if not isinstance(value, str):
+        return 'must be text, in quotes (e.g. time = "04:00:00")' if key == "time" else "must be text, in quotes"
+    return None
 
 
 def _table(data: dict, section: str, path: Path) -> dict:

@@ -50,6 +50,19 @@ def test_a_key_outside_the_known_sections_is_refused_not_dropped(tmp_path, text,
     assert str(path) in str(raised.value)
 
 
+@pytest.mark.parametrize("text, named", [
+    ('[slurm]\ntime = 240\n', '[slurm] time = 240: must be text, in quotes (e.g. time = "04:00:00")'),
+    ('[slurm]\ngpus = "1"\n', "[slurm] gpus = '1': must be a whole number"),
+    ('[slurm]\ncpus = 0\n', "[slurm] cpus = 0: must be at least 1"),
+    ('[generation]\nbatch_size = 1.5\n', "[generation] batch_size = 1.5: must be a whole number"),
+    ('[slurm]\nmem = 64\n', "[slurm] mem = 64: must be text, in quotes")])
+def test_a_profile_value_of_the_wrong_kind_is_refused_naming_the_file(tmp_path, text, named):
+    path = tmp_path / "mine.toml"
+    path.write_text(text)
+    with pytest.raises(CapsfusError, match=re.escape(f"{path}: {named}")):
+        load_profile(str(path))
+
+
 def test_an_installed_wheel_carries_the_profiles_and_the_prompt(tmp_path):
     """Users pip-install on a login node: the profiles must not depend on a checkout beside the code."""
     source = tmp_path / "source"  # a copy, so that the build leaves nothing in the checkout
