@@ -43,24 +43,32 @@ app.add_typer(manifest_app, name="manifest")
 console = Console(stderr=True)
 
 def user_errors(command):
-    """Turn the project's errors into one red line and exit code 1, never a traceback."""
+    """Turn the project's errors into one red line and exit code 1, never a traceback; with
+    --json, stdout also gets {"error": ...} unless the command printed its document already."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        _json_printed.clear()
         try:
             return command(*args, **kwargs)
         except CapsfusError as exc:
-            console.print(f"[red]error:[/] {safe(exc)}", soft_wrap=True)
-            raise typer.Exit(1) from None
+            message = str(exc)
         except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
-            console.print(f"[red]error:[/] {safe(exc.filename or '')}: {safe(exc.strerror)}", soft_wrap=True)
-            raise typer.Exit(1) from None
+            message = f"{exc.filename or ''}: {exc.strerror}"
+        console.print(f"[red]error:[/] {safe(message)}", soft_wrap=True)
+        if kwargs.get("as_json") and not _json_printed:
+            print_json({"error": message})
+        raise typer.Exit(1) from None
 
     return wrapper
 
 
+_json_printed: list[bool] = []  # whether this command wrote its JSON document to stdout
+
+
 def print_json(document) -> None:
     typer.echo(json.dumps(document, indent=2, sort_keys=True))
+    _json_printed.append(True)
 
 
 @manifest_app.command("build")

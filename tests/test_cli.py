@@ -392,3 +392,13 @@ def test_a_slurm_submit_whose_inputs_changed_since_the_manifest_is_refused_befor
         assert_one_line_error(result, "1 input file(s) of the shards to run changed since the manifest was built",
                               f"{lost} was deleted")
     assert not (tmp_path / "run").exists()
+
+
+def test_with_json_an_error_is_a_json_document_on_stdout_too(tmp_path):
+    for command in (["status", tmp_path / "nothere", "--json"], ["reduce", tmp_path / "nothere", "--final",
+                                                                  tmp_path / "f", "--json"]):
+        result = capsfus(*command, check=False)
+        assert_one_line_error(result, "not a run folder")
+        assert json.loads(result.stdout) == {"error": result.stderr.strip().removeprefix("error: ")}
+    without = capsfus("status", tmp_path / "nothere", check=False)
+    assert without.returncode == 1 and without.stdout == ""
