@@ -20,13 +20,23 @@ import os
 from . import faults
 from .atomic import fsync_dir
 from .errors import CapsfusError
-from .paths import DatasetPaths
+from .paths import DatasetPaths, ReducePaths
 
 
 def published_names(final: DatasetPaths) -> set[str]:
     """The dataset files in FINAL (an earlier reduce's, or what a crash midway through publishing left)."""
     named = (final.rejects, final.duplicates, final.card, final.stats)
     return {p.name for p in final.data_files()} | {p.name for p in named if p.exists()}
+
+
+def published_at(final: ReducePaths) -> float | None:
+    """When the dataset in FINAL was published (its stats.json's time), or None where there is
+    none or a reduce into FINAL has not finished (its plan is still there)."""
+    try:
+        when = final.stats.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    return None if final.plan.exists() else when
 
 
 def publish(staged: DatasetPaths, final: DatasetPaths) -> list[str]:

@@ -23,6 +23,7 @@ from .reduce_dedup import dedup_task
 from .reduce_keys import keys_task
 from .reduce_lock import hold_final
 from .reduce_plan import ReduceOptions, ReducePlan
+from .reduce_publish import published_at
 from .scheduler import NEVER_STARTS, behind_never_starts, parse_sacct, parse_squeue
 from .slurm import SlurmOptions, _run, max_array_size, spec_for, submit_array
 
@@ -67,9 +68,7 @@ def _submit_stages(paths: RunPaths, plan: ReducePlan, slurm: SlurmOptions) -> li
 def _published(out: ReducePaths) -> dict | None:
     """This reduce's stats once it has published its dataset. An earlier dataset's stats.json does
     not count: assemble removes the plan this reduce wrote only after publishing."""
-    if out.stats.exists() and not out.plan.exists():
-        return json.loads(out.stats.read_text())
-    return None
+    return json.loads(out.stats.read_text()) if published_at(out) is not None else None
 
 
 class _Patient:

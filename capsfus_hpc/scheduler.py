@@ -43,6 +43,7 @@ class ReduceJobState:
     final: str | None
     stage: str | None  # keys, dedup, assemble; None for a whole reduce
     states: dict[str, int]  # SLURM state -> tasks in it; empty where SLURM no longer says
+    submitted_at: float = 0.0
 
     @property
     def active(self) -> bool:
@@ -151,7 +152,7 @@ def reduce_jobs(entries: list[Submission], squeue: dict[str, str], sacct: dict[s
         for task, _ in entry.tasks:
             if state := _task_state(task, squeue, sacct, unknown):
                 states[state] = states.get(state, 0) + 1
-        jobs.append(ReduceJobState(entry.job_id, entry.final, entry.stage, states))
+        jobs.append(ReduceJobState(entry.job_id, entry.final, entry.stage, states, entry.submitted_at))
     return tuple(jobs)
 
 

@@ -7,16 +7,18 @@ each shard's task) into a RunStatus; `gather_status` is the I/O edge that collec
 from __future__ import annotations
 
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from . import ledger, scheduler
 from .integrity import damage_report, damaged_chunks
 from .lease import abandoned
 from .local_queue import held_shards
 from .manifest import Manifest
-from .paths import RunPaths
+from .paths import ReducePaths, RunPaths
 from .process import alive
 from .progress import ProgressRecord, read_progress
+from .reduce_publish import published_at
 from .scheduler import FAILURE_STATES, GONE, MISSING, PENDING_STATES, RUNNING_STATES, ReduceJobState, TaskState
 
 PENDING = "pending"
@@ -55,6 +57,7 @@ class RunStatus:
     eta_s: float | None
     note: str | None = None  # what the scheduler view lacked
     reduce_jobs: tuple[ReduceJobState, ...] = ()  # as SLURM sees them, in submission order
+    published: dict[str, float] = field(default_factory=dict)  # a reduce job's final folder -> when a dataset was published there
 
     @property
     def complete(self) -> bool:
@@ -76,13 +79,15 @@ class RunStatus:
     @property
     def failed_reduces(self) -> tuple[ReduceJobState, ...]:
         """The failed jobs of each final folder's latest reduce (a whole one, or the stages from its
-        keys stage on); a failure that a later reduce into the same folder followed is history."""
+        keys stage on); a failure that a later reduce into the same folder followed (a SLURM one,
+        or one whose dataset was published there since, as a local reduce) is history."""
         latest: dict[str | None, list[ReduceJobState]] = {}
         for job in self.reduce_jobs:
             if job.stage in (None, ledger.REDUCE_STAGES[0]) or job.final not in latest:
                 latest[job.final] = []
             latest[job.final].append(job)
-        return tuple(job for jobs in latest.values() for job in jobs if job.failed)
+        return tuple(job for final, jobs in latest.items() for job in jobs
+                     if job.failed and self.published.get(final or "", 0.0) <= job.submitted_at)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -114,9 +119,10 @@ def _shard_state(record: ProgressRecord | None, task: TaskState | None) -> tuple
 
 def derive_status(manifest: Manifest, records: dict[int, ProgressRecord], tasks: dict[int, TaskState],
                   note: str | None = None, damaged: dict[int, str] | None = None,
-                  reduce_jobs: tuple[ReduceJobState, ...] = ()) -> RunStatus:
+                  reduce_jobs: tuple[ReduceJobState, ...] = (), published: dict[str, float] | None = None) -> RunStatus:
     """The state of every shard from plain data: progress records, what the scheduler says, and
-    (when parts were verified) which shards hold damaged parts; reduce jobs are passed through."""
+    (when parts were verified) which shards hold damaged parts; reduce jobs, and when a dataset
+    was published in their final folders, are passed through."""
     shards = []
     for shard in manifest.shards:
         record = records.get(shard.id)
@@ -144,6 +150,7 @@ def derive_status(manifest: Manifest, records: dict[int, ProgressRecord], tasks:
         shards=tuple(shards), rows_total=rows_total, rows_done=rows_done,
         ok_rows=sum(s.ok_rows for s in shards), counts=counts, rate=rate,
         eta_s=(rows_total - rows_done) / rate if rate else None, note=note, reduce_jobs=tuple(reduce_jobs),
+        published=dict(published or {}),
     )
 
 
@@ -203,4 +210,7 @@ def gather_status(paths: RunPaths, manifest: Manifest, slurm: bool | None = None
     tasks = worker_tasks(paths, records)
     entries = ledger.read(paths.ledger)
     view = scheduler.query(entries) if entries and slurm is not False else scheduler.SchedulerView()
-    return derive_status(manifest, records, joined_tasks(tasks, view.tasks), view.note, damaged, view.reduce_jobs)
+    published = {job.final: when for job in view.reduce_jobs
+                 if job.final and (when := published_at(ReducePaths(Path(job.final)))) is not None}
+    return derive_status(manifest, records, joined_tasks(tasks, view.tasks), view.note, damaged, view.reduce_jobs,
+                         published)

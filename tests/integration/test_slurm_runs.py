@@ -66,7 +66,8 @@ def test_an_array_of_8_shards_with_throttle_2_completes_and_reduces(tmp_path, re
     assert status["counts"]["done"] == 8 and {s["slurm_state"] for s in status["shards"]} == {"COMPLETED"}
     wait_until(lambda: status_of(run)["reduce_jobs"][0]["states"] == {"COMPLETED": 1}, 60, "the reduce job's end")
     assert status_of(run)["reduce_jobs"] == [{"job_id": reduce_job.job_id, "final": str(final), "stage": None,
-                                              "states": {"COMPLETED": 1}}]
+                                              "states": {"COMPLETED": 1}, "submitted_at": reduce_job.submitted_at}]
+    assert status_of(run)["published"] == {str(final): (final / "stats.json").stat().st_mtime}
 
 
 def test_more_shards_than_max_array_size_go_out_as_several_arrays(tmp_path):
