@@ -143,7 +143,9 @@ def read_progress(path: Path) -> ProgressRecord | None:
     except FileNotFoundError:
         return None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise CapsfusError(f"{path}: damaged progress record ({exc})") from exc
+        raise CapsfusError(f"{path}: damaged progress record ({type(exc).__name__}: {exc}); which rows its shard "
+                           f"committed cannot be known: move {path.parent} aside (its parts with it) and resume, "
+                           "which fuses that shard again") from exc
 
 
 def write_progress(path: Path, record: ProgressRecord, midway: Callable[[], None] | None = None) -> None:

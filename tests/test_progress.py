@@ -50,6 +50,8 @@ def test_an_edited_record_is_named_damaged_with_what_is_wrong(tmp_path, where, v
     with pytest.raises(CapsfusError) as raised:
         read_progress(path)
     assert str(raised.value).startswith(f"{path}: damaged progress record (") and reason in str(raised.value)
+    assert str(raised.value).endswith(f"move {tmp_path} aside (its parts with it) and resume, which fuses that "
+                                      "shard again")
 
 
 def test_an_empty_or_truncated_record_is_named_damaged(tmp_path):
