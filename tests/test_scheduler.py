@@ -37,9 +37,9 @@ def test_reduce_jobs_count_their_tasks_states_and_say_whether_they_are_active_or
                Submission("71", REDUCE, (("71_0", ()),), 2.0, final="/f", stage="dedup")]
     jobs = reduce_jobs(entries, {"70_2": "RUNNING", "71_0": NEVER_STARTS},
                        {"60_0": "COMPLETED", "61": "COMPLETED", "70_0": "COMPLETED", "70_1": "FAILED"})
-    assert jobs == (ReduceJobState("61", "/data/final", None, {"COMPLETED": 1}),
-                    ReduceJobState("70", "/f", "keys", {"COMPLETED": 1, "FAILED": 1, "RUNNING": 1}),
-                    ReduceJobState("71", "/f", "dedup", {NEVER_STARTS: 1}))
+    assert jobs == (ReduceJobState("61", "/data/final", None, {"COMPLETED": 1}, 1.0),
+                    ReduceJobState("70", "/f", "keys", {"COMPLETED": 1, "FAILED": 1, "RUNNING": 1}, 2.0),
+                    ReduceJobState("71", "/f", "dedup", {NEVER_STARTS: 1}, 2.0))
     assert [(job.active, job.failed) for job in jobs] == [(False, False), (True, True), (False, True)]
     assert reduce_jobs(entries, {}, {})[0].states == {"MISSING": 1}
     assert reduce_jobs(entries, {}, None)[0].states == {}  # no accounting: an ended task has no state
