@@ -72,8 +72,9 @@ def _published(out: ReducePaths) -> dict | None:
 
 
 class _Patient:
-    """Runs a SLURM query; a failure is forgiven (None, after a pause) until failures have lasted
-    `patience_s`, when the last one is raised."""
+    """Runs one SLURM query; its failure is forgiven (None, after a pause) until its failures have
+    lasted `patience_s`, when the last one is raised. One per command: another's answer says
+    nothing of this one (squeue answers where accounting is off and sacct never will)."""
 
     def __init__(self, poll_s: float, patience_s: float):
         self.poll_s, self.patience_s = poll_s, patience_s
@@ -99,11 +100,12 @@ def wait_for_reduce(final: Path, jobs: list[ReduceJob], poll_s: float = 2.0, pat
     A busy controller that does not answer squeue or sacct is asked again for up to patience_s."""
     out = ReducePaths(final)
     ids = [job.job_id for job in jobs]
-    ask = _Patient(poll_s, patience_s)
+    # Asked only once the jobs left the queue, where accounting that is off never answers: briefly.
+    squeue_patiently, sacct_patiently = _Patient(poll_s, patience_s), _Patient(poll_s, min(patience_s, 30.0))
     while True:
         if (stats := _published(out)) is not None:
             return stats
-        if (squeue := ask(["squeue", "-h", "-r", "-o", "%i|%T|%r"])) is None:
+        if (squeue := squeue_patiently(["squeue", "-h", "-r", "-o", "%i|%T|%r"])) is None:
             continue
         queued = behind_never_starts(ids, parse_squeue(squeue))
         # A stage behind a failed one waits forever (NEVER_STARTS): it counts as ended.
@@ -111,7 +113,7 @@ def wait_for_reduce(final: Path, jobs: list[ReduceJob], poll_s: float = 2.0, pat
         if not active:
             if (stats := _published(out)) is not None:
                 return stats
-            if (sacct := ask(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "--format=JobID,State"])) is None:
+            if (sacct := sacct_patiently(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "--format=JobID,State"])) is None:
                 continue
             states = parse_sacct(sacct)
             failed = {task: state for task, state in states.items() if state != "COMPLETED"}

@@ -38,3 +38,15 @@ def test_a_controller_that_never_answers_ends_the_wait_naming_it(tmp_path, monke
     with pytest.raises(CapsfusError, match=r"'squeue -h -r -o %i\|%T\|%r' failed: slurm_load_jobs error: Socket timed "
                                            r"out .* \(for 1 s, asked every 0.1 s\); the reduce jobs may still run"):
         wait_for_reduce(final.root, [ReduceJob("assemble", "987654321", 1)], poll_s=0.1, patience_s=1)
+
+
+def test_a_cluster_without_accounting_ends_the_wait_once_the_jobs_left_the_queue(tmp_path, monkeypatch):
+    final = ReducePaths(tmp_path / "final")
+    final.root.mkdir()
+    folder = _squeue_that_fails(tmp_path, 0, "exit 0")  # answers, with nothing queued
+    (folder / "sacct").write_text("#!/bin/bash\necho 'sacct: error: Slurm accounting storage is disabled' >&2\nexit 1\n")
+    (folder / "sacct").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(CapsfusError, match=r"'sacct .*' failed: sacct: error: Slurm accounting storage is disabled "
+                                           r"\(for 1 s, asked every 0.1 s\)"):
+        wait_for_reduce(final.root, [ReduceJob("assemble", "987654321", 1)], poll_s=0.1, patience_s=1)
