@@ -29,7 +29,7 @@ from .profiles import load_profile
 from .caption_rules import CaptionRules
 from .reduce import ReduceOptions, check_final, load_rules, reduce_run
 from .settings import load_run, load_settings, open_or_create, requested_settings
-from .slurm import SlurmOptions
+from .slurm import SlurmOptions, refuse_own_options
 from .status import DAMAGED, FAILED, gather_status, rows_committed
 from .worker import run_shards
 
@@ -417,6 +417,7 @@ def reduce(
         from .reduce_slurm import submit_reduce, wait_for_reduce
 
         given = {"partition": partition, "account": account, "qos": qos, "time": time_limit, "cpus": cpus, "mem": mem}
+        refuse_own_options(sbatch_arg or (), {f"--{name}" for name in given})
         slurm_options = SlurmOptions(**{k: v for k, v in given.items() if v is not None}, extra=tuple(sbatch_arg or ()))
         jobs = submit_reduce(paths, final, options, slurm_options, workers or 1)
         if not wait:

@@ -24,8 +24,8 @@ from .reduce_lock import refuse_active_reduce, refuse_held
 from .manifest import load_manifest, refuse_changed_inputs
 from .settings import load_run
 from .slurm import (
-    DEFAULT_MAX_ARRAY_SIZE, ArraySpec, SlurmOptions, max_array_size, plan_arrays, render_sbatch, sbatch_test_only,
-    slurm_reachable, spec_for, submit_array,
+    DEFAULT_MAX_ARRAY_SIZE, FLAGGED_OPTIONS, ArraySpec, SlurmOptions, max_array_size, plan_arrays, refuse_own_options,
+    render_sbatch, sbatch_test_only, slurm_reachable, spec_for, submit_array,
 )
 from .status import DONE, PENDING, RUNNING, RunStatus, derive_status, gather_status
 from .worker import run_shards
@@ -140,6 +140,7 @@ def slurm_options_for(paths: RunPaths, profile: dict, given: dict) -> SlurmOptio
     """The options of the run's latest fusion job (none before the first), then the profile's,
     then those given (a command's options, None where not given): a resume keeps the partition,
     account and resources it does not change."""
+    refuse_own_options(given["sbatch_arg"] or (), set(FLAGGED_OPTIONS.values()))
     options = dict(ledger.latest_fuse_options(ledger.read(paths.ledger)) or {})
     options.update(profile)
     renamed = {"signal_delay": "signal_delay_s", "sbatch_arg": "extra"}

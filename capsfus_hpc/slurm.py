@@ -74,18 +74,31 @@ def time_minutes(value: str) -> int:
     return total
 
 
-# sbatch options the scripts set themselves: an --sbatch-arg would replace them silently.
-OWN_OPTIONS = {
-    **{name: f"give {flag}" for name, flag in (
-        ("partition", "--partition"), ("account", "--account"), ("qos", "--qos"), ("time", "--time"),
-        ("gpus-per-node", "--gpus"), ("cpus-per-task", "--cpus"), ("mem", "--mem"), ("constraint", "--constraint"),
-        ("array", "--array-parallelism for the throttle"), ("signal", "--signal-delay"))},
+# sbatch options the scripts always set themselves: an --sbatch-arg would replace them silently.
+STRUCTURAL_OPTIONS = {
+    "array": "give --array-parallelism for the throttle", "signal": "give --signal-delay",
     **dict.fromkeys(("output", "error", "open-mode"), "status and the requeued tasks read the logs where they are"),
     **dict.fromkeys(("nodes", "ntasks", "ntasks-per-node"), "one worker a task: two would share its shards"),
     "no-requeue": "tasks requeue themselves at the time-limit warning, and SLURM requeues preempted ones",
     "dependency": "reduce jobs wait on the fusion arrays with it",
     "job-name": "the jobs are named capsfus",
 }
+# sbatch options a command's own flag sets: refused where that command has the flag.
+FLAGGED_OPTIONS = {"partition": "--partition", "account": "--account", "qos": "--qos", "time": "--time",
+                   "gpus-per-node": "--gpus", "cpus-per-task": "--cpus", "mem": "--mem", "constraint": "--constraint"}
+
+
+def refuse_own_options(extra: tuple[str, ...] | list[str], flags: set[str]) -> None:
+    """Refuse --sbatch-arg values (as given to a command with these flags) that would replace
+    what the scripts set; ones a run inherited from an earlier submission pass through."""
+    for argument in extra:
+        name = argument[2:].partition("=")[0] if argument.startswith("--") else None
+        if name in STRUCTURAL_OPTIONS:
+            raise CapsfusError(f"--sbatch-arg {argument!r}: the scripts set --{name} themselves; "
+                               f"{STRUCTURAL_OPTIONS[name]}")
+        if name in FLAGGED_OPTIONS and FLAGGED_OPTIONS[name] in flags:
+            raise CapsfusError(f"--sbatch-arg {argument!r}: the scripts set --{name} themselves; "
+                               f"give {FLAGGED_OPTIONS[name]}")
 
 
 def extra_parameters(extra: tuple[str, ...]) -> dict:
@@ -94,8 +107,6 @@ def extra_parameters(extra: tuple[str, ...]) -> dict:
         if not argument.startswith("--"):
             raise CapsfusError(f"--sbatch-arg {argument!r} must look like --name=value or --flag")
         name, sep, value = argument[2:].partition("=")
-        if name in OWN_OPTIONS:
-            raise CapsfusError(f"--sbatch-arg {argument!r}: the scripts set --{name} themselves; {OWN_OPTIONS[name]}")
         parameters[name] = value if sep else True
     return parameters
 

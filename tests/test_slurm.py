@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from capsfus_hpc.errors import CapsfusError
-from capsfus_hpc.slurm import ArraySpec, SlurmOptions, max_array_size, plan_arrays, render_sbatch, time_minutes
+from capsfus_hpc.slurm import (FLAGGED_OPTIONS, ArraySpec, SlurmOptions, max_array_size, plan_arrays, refuse_own_options,
+                               render_sbatch, time_minutes)
 
 GOLDEN = Path(__file__).parent / "golden" / "sbatch_array.sh"
 ODD_FOLDER = "/runs/odd it's; \"quoted\" $HOME/logs"
@@ -81,7 +82,16 @@ def test_max_array_size_is_read_from_scontrol_output():
     ("--ntasks=2", "one worker a task"), ("--no-requeue", "requeue themselves"),
     ("--dependency=afterok:1", "reduce jobs wait on the fusion arrays")])
 def test_an_sbatch_arg_that_would_replace_what_the_scripts_set_is_refused(argument, advice):
-    spec = ArraySpec(folder="/r/logs", python="python3", options=SlurmOptions(extra=(argument,)), tasks=3)
     with pytest.raises(CapsfusError, match=rf"--sbatch-arg '{re.escape(argument)}': the scripts set "
                                            rf"--{argument[2:].split('=')[0]} themselves; .*{re.escape(advice)}"):
-        render_sbatch(spec)
+        refuse_own_options([argument], set(FLAGGED_OPTIONS.values()))
+
+
+def test_an_sbatch_arg_for_what_the_command_has_no_flag_for_is_taken():
+    refuse_own_options(["--constraint=skylake", "--gpus-per-node=1"], {"--partition", "--cpus", "--mem"})  # reduce
+    with pytest.raises(CapsfusError, match="give --mem"):
+        refuse_own_options(["--mem=8G"], {"--partition", "--cpus", "--mem"})
+    # One a run inherited from an earlier submission is rendered as it was given then.
+    script = render_sbatch(ArraySpec(folder="/r/logs", python="python3", options=SlurmOptions(extra=("--nodes=1",)),
+                                     tasks=3))
+    assert "#SBATCH --nodes=1\n" in script
