@@ -23,7 +23,7 @@ def _dedup(stats: dict) -> str:
            "trailing slash ignored)" if stats["dedup_key"] else None)
     caption = "the same normalised fused caption" if stats["dedup_caption"] else None
     if not key and not caption:
-        return " No input had a key column, so no row was dropped as a duplicate of another."
+        return "" if stats.get("near_dup") else " No input had a key column, so no row was dropped as a duplicate."
     return (" Then, in row order, a row is dropped as a duplicate when a row kept before it has "
             + " or ".join(filter(None, [key, caption])) + ".")
 

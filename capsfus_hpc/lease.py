@@ -30,6 +30,7 @@ from .errors import CapsfusError
 from .process import alive
 
 TIMEOUT_ENV = "CAPSFUS_LEASE_TIMEOUT_S"
+HELD_CHECKS = 5  # over 0.8 s, while the lease file is missing
 log = logging.getLogger(__name__)
 
 
@@ -58,13 +59,13 @@ class Lease:
 def _read(path: Path) -> tuple[Lease, int] | None:
     """The lease under `path` and the file it is (its inode), or None if there is none."""
     try:
-        with open(path) as handle:
+        with open(path, "rb") as handle:
             info = os.fstat(handle.fileno())
             text = handle.read()
     except FileNotFoundError:
         return None
     try:
-        lease = Lease(**{**json.loads(text), "heartbeat": info.st_mtime})
+        lease = Lease(**{**json.loads(text.decode()), "heartbeat": info.st_mtime})
     except (ValueError, TypeError):  # not ours, or hand-edited: it lives as long as its heartbeat
         lease = Lease(-1, None, "?", -1, info.st_mtime)
     return lease, info.st_ino
@@ -154,10 +155,17 @@ class ShardLease:
                 log.warning("shard %d: lease heartbeat failed: %s", self.mine.shard, exc)
 
     def _held(self) -> bool:
-        try:
-            return os.stat(self.path).st_ino == self._inode
-        except FileNotFoundError:
-            return False
+        """Whether our file is under the lease name. Opened, not stat'ed: an open makes NFS look the
+        name up again. Gone for a moment is asked again: a taker that set our lease aside by
+        mistake links it back at once."""
+        for check in range(HELD_CHECKS):
+            try:
+                with open(self.path, "rb") as handle:
+                    return os.fstat(handle.fileno()).st_ino == self._inode
+            except FileNotFoundError:
+                if check + 1 < HELD_CHECKS:
+                    time.sleep(0.2)
+        return False
 
     def renew(self) -> None:
         """Check the lease is still ours and move its heartbeat; raise if it was taken over."""

@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-CLOCK_SLACK_S = 2.0  # /proc/stat's boot time is whole seconds
+# A start time is boot time (/proc/stat, whole seconds, and moved when the clock is stepped) plus
+# ticks: read later than it was, it may have drifted by a clock step. A reused pid is a process
+# started long after the one it replaces; a live worker must not be judged gone by a small step.
+CLOCK_SLACK_S = 60.0
 
 
 def started_at(pid: int) -> float | None:

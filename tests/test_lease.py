@@ -84,3 +84,27 @@ def test_a_lease_is_its_file_not_its_pid(tmp_path):
     second.renew()
     second.release()
     assert not path.exists()
+
+
+def test_a_lease_set_aside_for_a_moment_is_still_its_holders(tmp_path):
+    """A taker that moved a fresh lease aside by mistake links it back: the holder, renewing in
+    between, keeps the shard rather than stopping."""
+    import threading
+    import time
+
+    path = tmp_path / "lease.json"
+    holder = ShardLease(path, 0, "1").acquire()
+    aside = tmp_path / "lease.json.stale-elsewhere"
+    os.rename(path, aside)
+    threading.Timer(0.3, lambda: (os.link(aside, path), aside.unlink())).start()
+    holder.renew()
+    time.sleep(0.1)
+    holder.release()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lease_file_of_other_bytes_is_a_lease_of_nobody_known(tmp_path):
+    path = tmp_path / "lease.json"
+    path.write_bytes(b"\xff\xfe not a lease")
+    with pytest.raises(CapsfusError, match=r"being written by job \(local\) on \?"):  # until its heartbeat stops
+        ShardLease(path, 0, "1").acquire()

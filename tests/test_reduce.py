@@ -513,5 +513,5 @@ def test_a_run_without_a_key_column_says_it_was_not_deduplicated(tmp_path, real_
     stats = reduce_run(paths, tmp_path / "final")
     assert stats["dedup_key"] is None and stats["duplicates"] == 0 and stats["rows_out"] == 12
     card = " ".join((tmp_path / "final" / "README.md").read_text().split())
-    assert "No input had a key column, so no row was dropped as a duplicate of another." in card
+    assert "No input had a key column, so no row was dropped as a duplicate." in card
     assert "image_url" not in card
