@@ -431,7 +431,12 @@ def reduce(
                               "(an earlier one stays whole until then); follow it with: capsfus-hpc status "
                               f"{safe(shlex.quote(str(paths.root)))}")
             return
-        stats = wait_for_reduce(final, jobs)
+        try:
+            stats = wait_for_reduce(final, jobs)
+        except CapsfusError as exc:
+            if as_json:  # the error, with the jobs a script may want to look at
+                print_json({"error": str(exc), "jobs": [vars(job) for job in jobs]})
+            raise
     else:
         with row_progress(console, "reducing (keys, then judge and write)", 2 * manifest.total_rows) as advance:
             stats = reduce_run(paths, final, options, on_rows=advance, workers=workers)
