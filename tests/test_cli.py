@@ -371,9 +371,13 @@ def test_options_given_override_the_profile_and_shards_are_grouped_per_task(tmp_
     assert plan["estimate"] == {"rows": 80, "samples_per_s": 4.0, "gpus_per_task": 0, "gpu_hours": round(80 / 4 / 3600, 2)}
     assert plan["warnings"] == ["no GPU requested: the tasks get CPUs only; give --gpus N, or a --profile that sets gpus"]
     two = json.loads(capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run", "--model", smoke_model,
-                             "--gpus", 2, "--samples-per-s", 0.01, "--dry-run", "--json", check=False).stdout)
+                             "--gpus", 2, "--samples-per-s", 0.01, "--dry-run", "--json", "--mem", "3G",
+                             "--sbatch-arg=--comment=fusion", "--then-reduce", tmp_path / "final", check=False).stdout)
     assert two["estimate"]["gpus_per_task"] == 2 and two["estimate"]["gpu_hours"] == round(80 / 0.01 / 3600 * 2, 2)
     assert two["warnings"] == []
+    fusion, reduce_script = two["scripts"]  # the reduce job: the fusion jobs' resources, without their GPUs
+    assert "#SBATCH --gpus-per-node=2\n" in fusion and "gpus" not in reduce_script
+    assert all(f"#SBATCH {line}\n" in reduce_script for line in ("--mem=3G", "--comment=fusion"))
 
     few = write_parquet(tmp_path / "b.parquet", with_urls(real_records[:4]))
     capsfus("manifest", "build", few, "-o", tmp_path / "few.json")
