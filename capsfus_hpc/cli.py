@@ -17,12 +17,13 @@ from rich.logging import RichHandler
 
 from . import __version__
 from .columns import ColumnMapping
-from .display import NO_GPU, plan_document, plan_text, polling, row_progress, safe, stats_table, status_table
+from .display import (NO_GPU, plan_document, plan_text, polling, row_progress, safe, stage_progress, stats_table,
+                      status_table)
 from .errors import CapsfusError
 from .permissions import restrict_umask
 from .launch import (DEFAULT_SAMPLES_PER_S, SLURM_COMMAND_OPTIONS, prepare_slurm, refusal, slurm_options_for,
                      submit_local, submit_plan, validate_plan)
-from .manifest import DEFAULT_ROWS_PER_SHARD, build_manifest
+from .manifest import DEFAULT_ROWS_PER_SHARD, build_manifest, load_manifest
 from . import options as opt
 from .paths import ReducePaths, RunPaths
 from .profiles import load_profile
@@ -41,6 +42,7 @@ app = typer.Typer(
 manifest_app = typer.Typer(no_args_is_help=True, help="Build manifests: input files cut into shards.")
 app.add_typer(manifest_app, name="manifest")
 console = Console(stderr=True)
+CHECKING_PARTS = "checking committed parts (shards)"
 
 def user_errors(command):
     """Turn the project's errors into one red line and exit code 1, never a traceback; with
@@ -155,9 +157,9 @@ def _launch(paths: RunPaths, requested, given: set[str], *, local: bool, dry_run
         return _launch_local(paths, workers or 1, shards_per_task, as_json)
     if then_reduce is not None:
         check_final(ReducePaths(then_reduce), paths)
-    plan, reachable = prepare_slurm(paths, Path(requested.manifest), slurm_options, shards_per_task,
-                                    samples_per_s or DEFAULT_SAMPLES_PER_S,
-                                    then_reduce)
+    with row_progress(console, CHECKING_PARTS, len(load_manifest(Path(requested.manifest)).shards)) as checked:
+        plan, reachable = prepare_slurm(paths, Path(requested.manifest), slurm_options, shards_per_task,
+                                        samples_per_s or DEFAULT_SAMPLES_PER_S, then_reduce, on_verified=checked)
     checks = validate_plan(plan, reachable)
     refused = refusal(checks)
     if dry_run:
@@ -192,9 +194,10 @@ def _print_plan(plan, checks: list[tuple[bool, str]], as_json: bool) -> None:
 
 def _launch_local(paths: RunPaths, workers: int, shards_per_task: int, as_json: bool) -> None:
     _, run_manifest = load_run(paths)
-    with row_progress(console, "fusing", run_manifest.total_rows) as advance:
+    stages = [(CHECKING_PARTS, len(run_manifest.shards)), ("fusing", run_manifest.total_rows)]
+    with stage_progress(console, stages) as (checked, advance):
         shard_ids, outcomes = submit_local(
-            paths, shards_per_task, workers,
+            paths, shards_per_task, workers, on_verified=checked,
             on_poll=lambda: advance(gather_status(paths, run_manifest, slurm=False).rows_done))
     run_status = gather_status(paths, run_manifest, slurm=False)
     failed = [o for o in outcomes if o.error]
@@ -335,13 +338,19 @@ def status(
     paths = RunPaths(run_dir)
     _, manifest = load_run(paths)
 
-    def table():
-        run_status = gather_status(paths, manifest, verify=verify)
+    def gather(progress=True):
+        if not (verify and progress):  # (no bar inside --watch's live table: rich shows one at a time)
+            return gather_status(paths, manifest, verify=verify)
+        with row_progress(console, CHECKING_PARTS, len(manifest.shards)) as checked:
+            return gather_status(paths, manifest, verify=True, on_verified=checked)
+
+    def table(progress=True):
+        run_status = gather(progress)
         return run_status, status_table(run_status, f"run {paths.root}", _log_tails(paths, run_status),
                                         _reduce_logs(paths, run_status))
 
     if as_json:
-        run_status = gather_status(paths, manifest, verify=verify)
+        run_status = gather()
         print_json({**run_status.as_dict(), "log_tails": _log_tails(paths, run_status),
                     "reduce_logs": _reduce_logs(paths, run_status)})
     elif watch is None:
@@ -351,7 +360,7 @@ def status(
         with Live(table()[1], console=console, auto_refresh=False) as live:
             try:
                 while True:
-                    run_status, rendered = table()
+                    run_status, rendered = table(progress=False)
                     live.update(rendered, refresh=True)
                     if run_status.settled:
                         break  # done, or all that is left failed: nothing more will happen

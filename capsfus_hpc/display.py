@@ -81,12 +81,19 @@ def reduce_line(job: ReduceJobState, log: str | None) -> str:
 @contextmanager
 def row_progress(console: Console, description: str, total: int):
     """A progress bar over rows; yields a function that sets how many are done."""
+    with stage_progress(console, [(description, total)]) as (update,):
+        yield update
+
+
+@contextmanager
+def stage_progress(console: Console, stages: list[tuple[str, int]]):
+    """One progress bar per stage of a command, in one display (rich shows one at a time); yields a
+    function per stage that sets how many of its items are done."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
-        task = progress.add_task(safe(description), total=total)
-        update: Callable[[int], None] = lambda done: progress.update(task, completed=done)
-        yield update
+        tasks = [progress.add_task(safe(description), total=total) for description, total in stages]
+        yield [lambda done, task=task: progress.update(task, completed=done) for task in tasks]
 
 
 @contextmanager

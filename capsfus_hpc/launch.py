@@ -97,11 +97,12 @@ def run_local(paths: RunPaths, groups: list[list[int]], workers: int = 1, timeou
 
 
 def submit_local(paths: RunPaths, shards_per_task: int = 1, workers: int = 1,
-                 on_poll: Callable[[], None] | None = None) -> tuple[list[int], list[TaskOutcome]]:
-    """Run every shard of the run folder that is not done, running, or queued in SLURM; returns
-    (shards, outcomes)."""
+                 on_poll: Callable[[], None] | None = None,
+                 on_verified: Callable[[int], None] | None = None) -> tuple[list[int], list[TaskOutcome]]:
+    """Run every shard of the run folder that is not done (with every committed part as its
+    checksum says), running, or queued in SLURM; returns (shards, outcomes)."""
     _, manifest = load_run(paths)
-    shard_ids = shards_to_run(gather_status(paths, manifest, verify=True))
+    shard_ids = shards_to_run(gather_status(paths, manifest, verify=True, on_verified=on_verified))
     return shard_ids, run_local(paths, group_shards(shard_ids, shards_per_task), workers, on_poll=on_poll)
 
 
@@ -175,11 +176,15 @@ def _after(job_ids: list[str]) -> str | None:
 
 
 def prepare_slurm(paths: RunPaths, manifest_path: Path, options: SlurmOptions, shards_per_task: int,
-                  samples_per_s: float, then_reduce: Path | None) -> tuple[SlurmPlan, bool]:
+                  samples_per_s: float, then_reduce: Path | None,
+                  on_verified: Callable[[int], None] | None = None) -> tuple[SlurmPlan, bool]:
     """The plan for what is left of a run (a run folder not created yet: all of it), and whether
-    SLURM answered; away from a cluster (a dry run on a laptop) SLURM's default MaxArraySize is assumed."""
+    SLURM answered; away from a cluster (a dry run on a laptop) SLURM's default MaxArraySize is
+    assumed. Every committed part is checked first (on_verified: shards checked), so a damaged
+    one is fused again."""
     manifest = load_manifest(manifest_path)
-    status = gather_status(paths, manifest, verify=True) if paths.run_config.exists() else derive_status(manifest, {}, {})
+    status = (gather_status(paths, manifest, verify=True, on_verified=on_verified) if paths.run_config.exists()
+              else derive_status(manifest, {}, {}))
     if then_reduce is not None:
         refuse_held(then_reduce.absolute())
         refuse_active_reduce(then_reduce, status.reduce_jobs)

@@ -7,6 +7,8 @@ each shard's task) into a RunStatus; `gather_status` is the I/O edge that collec
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from .progress import ProgressRecord, read_progress
 from .reduce_publish import published_at
 from .scheduler import FAILURE_STATES, GONE, MISSING, PENDING_STATES, RUNNING_STATES, ReduceJobState, TaskState
 
+VERIFY_THREADS = 8
 PENDING = "pending"
 RUNNING = "running"
 DONE = "done"
@@ -196,17 +199,31 @@ def joined_tasks(folder: dict[int, TaskState], slurm: dict[int, TaskState]) -> d
     return joined
 
 
+def verify_parts(paths: RunPaths, records: dict[int, ProgressRecord],
+                 on_shards: Callable[[int], None] | None = None) -> dict[int, str]:
+    """Shard -> what is damaged, for every shard with a committed part that no longer matches its
+    checksum. Reads every part, a few shards at a time (hashing releases the GIL, and a parallel
+    file system serves several readers faster than one); on_shards gets how many are checked."""
+    damaged = {}
+    with ThreadPoolExecutor(VERIFY_THREADS) as pool:
+        checks = {pool.submit(damaged_chunks, paths, record): shard_id for shard_id, record in records.items()}
+        for count, check in enumerate(as_completed(checks), start=1):
+            if bad := check.result():
+                shard_id = checks[check]
+                damaged[shard_id] = damage_report(paths, records[shard_id], bad)
+            if on_shards:
+                on_shards(count)
+    return dict(sorted(damaged.items()))
+
+
 def gather_status(paths: RunPaths, manifest: Manifest, slurm: bool | None = None,
-                  records: dict[int, ProgressRecord] | None = None, verify: bool = False) -> RunStatus:
+                  records: dict[int, ProgressRecord] | None = None, verify: bool = False,
+                  on_verified: Callable[[int], None] | None = None) -> RunStatus:
     """Status of a run from its folder (or the records already read from it), joined with SLURM
     when the run has submitted jobs; with verify, every committed part is checked against its
-    checksum (reads them all)."""
+    checksum (reads them all; on_verified gets how many shards are checked)."""
     records = read_records(paths, manifest) if records is None else records
-    damaged = {}
-    if verify:
-        for shard_id, record in records.items():
-            if bad := damaged_chunks(paths, record):
-                damaged[shard_id] = damage_report(paths, record, bad)
+    damaged = verify_parts(paths, records, on_verified) if verify else {}
     tasks = worker_tasks(paths, records)
     entries = ledger.read(paths.ledger)
     view = scheduler.query(entries) if entries and slurm is not False else scheduler.SchedulerView()

@@ -239,3 +239,24 @@ def test_a_local_attempt_whose_pid_now_names_a_newer_process_is_failed_not_runni
         write_progress(paths.progress(shard), record)
     states = [(s.state, s.error) for s in gather_status(paths, manifest, slurm=False).shards]
     assert states == [(FAILED, "the worker process died without reporting (killed or crashed)"), (RUNNING, None)]
+
+
+def test_every_committed_part_is_checked_and_each_damaged_shard_named_in_order(tmp_path, real_records):
+    from capsfus_hpc.settings import load_run
+    from capsfus_hpc.status import read_records, verify_parts
+
+    from .conftest import make_run, run_with_official_captions, with_urls, write_parquet
+
+    records = real_records[:40]
+    paths = make_run(tmp_path, [write_parquet(tmp_path / "a.parquet", with_urls(records))], "-", 4, chunk_rows=2)
+    run_with_official_captions(paths, records)
+    _, manifest = load_run(paths)
+    on_disk = read_records(paths, manifest)
+    for shard, chunk in ((7, 1), (2, 0), (9, 1)):
+        part = paths.part(shard, chunk)
+        part.write_bytes(part.read_bytes()[:-1] + b"\0")
+    paths.part(2, 1).unlink()
+    checked = []
+    damaged = verify_parts(paths, on_disk, checked.append)
+    assert list(damaged) == [2, 7, 9] and checked == list(range(1, 11))
+    assert damaged[2].startswith("chunk 0 (rows 8-9), chunk 1 (rows 10-11) of shard 2: the part on disk does not match")
