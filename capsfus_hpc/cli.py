@@ -206,6 +206,8 @@ def _launch_local(paths: RunPaths, workers: int, shards_per_task: int, as_json: 
                     "failed_tasks": [o.__dict__ for o in failed]})
     else:
         console.print(status_table(run_status, f"run {paths.root}"))
+        if not shard_ids:
+            console.print("nothing to run: every shard is done, running or queued")
     if failed:
         first = failed[0]
         raise CapsfusError(f"{len(failed)} task(s) failed, first: job {first.job_id} (shards "

@@ -87,6 +87,7 @@ def test_submit_status_reduce_through_the_cli(tmp_path, real_records, smoke_mode
     refused = capsfus("resume", run, "--local", "--max-new-tokens", 20, check=False)
     assert refused.returncode == 1 and "max_new_tokens: run has 8, this command asks for 20" in refused.stderr
     assert json.loads(capsfus("resume", run, "--local", "--json").stdout)["shards_run"] == []
+    assert capsfus("resume", run, "--local").stderr.strip().endswith("nothing to run: every shard is done, running or queued")
 
 
 def test_a_failed_task_is_reported_with_its_shard_and_file(tmp_path, real_records, smoke_model):
