@@ -17,13 +17,13 @@ from rich.logging import RichHandler
 
 from . import __version__
 from .columns import ColumnMapping
-from .display import (NO_GPU, plan_document, plan_text, polling, row_progress, safe, stage_progress, stats_table,
+from .display import (NO_GPU, byte_progress, plan_document, plan_text, polling, row_progress, safe, stage_progress, stats_table,
                       status_table)
 from .errors import CapsfusError
 from .permissions import restrict_umask
 from .launch import (DEFAULT_SAMPLES_PER_S, SLURM_COMMAND_OPTIONS, prepare_slurm, refusal, slurm_options_for,
                      submit_local, submit_plan, validate_plan)
-from .manifest import DEFAULT_ROWS_PER_SHARD, build_manifest, load_manifest
+from .manifest import DEFAULT_ROWS_PER_SHARD, build_manifest, bytes_to_read, load_manifest
 from . import options as opt
 from .paths import ReducePaths, RunPaths
 from .profiles import load_profile
@@ -92,10 +92,9 @@ def manifest_build(
     Example: capsfus-hpc manifest build data/*.parquet -o manifests/laion.json --rows-per-shard 50000
     """
     columns = ColumnMapping(raw_column, synthetic_column, key_column or "image_url")
-    with row_progress(console, "reading inputs", len(inputs)) as advance:
-        seen = []
+    with byte_progress(console, "reading inputs (JSON: hashed, typed, staged)", bytes_to_read(inputs)) as read:
         manifest = build_manifest(inputs, output, rows_per_shard, columns, key_required=key_column is not None,
-                                  on_file=lambda path: (seen.append(path), advance(len(seen))), replace=force)
+                                  on_bytes=read, replace=force)
     summary = {"manifest": str(output.absolute()), "files": len(manifest.files), "shards": len(manifest.shards),
                "rows": manifest.total_rows, "columns": manifest.columns.as_dict(),
                "staged": [f.path for f in manifest.files if f.source != f.path],

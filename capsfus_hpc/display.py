@@ -13,7 +13,8 @@ from contextlib import contextmanager
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
 
 from .scheduler import ReduceJobState
@@ -83,6 +84,16 @@ def row_progress(console: Console, description: str, total: int):
     """A progress bar over rows; yields a function that sets how many are done."""
     with stage_progress(console, [(description, total)]) as (update,):
         yield update
+
+
+@contextmanager
+def byte_progress(console: Console, description: str, total: int):
+    """A progress bar over bytes read; yields a function that adds bytes to those done."""
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+        task = progress.add_task(safe(description), total=total)
+        yield lambda read: progress.advance(task, read)
 
 
 @contextmanager

@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ JSON_LIST = "json"
 JSON_LINES = "jsonl"
 JSON_LINES_ZST = "jsonl.zst"
 _STAGING_BATCH_ROWS = 10_000
+STAGING_PASSES = 3  # a JSON source is read to hash it, to type its columns, and to stage its rows
+_REPORT_EVERY = 4096  # records between reports of bytes read
 
 
 def detect_format(path: Path) -> str:
@@ -64,18 +66,27 @@ class Record:
     error: str | None  # "code: detail" when the record could not be read
 
 
-def iter_records(path: Path, fmt: str) -> Iterator[Record]:
+def iter_records(path: Path, fmt: str, on_bytes: Callable[[int], None] | None = None) -> Iterator[Record]:
+    """The file's records in order; on_bytes gets, now and then, how many more of its bytes were read."""
     if fmt == JSON_LIST:
         yield from _json_list_records(path)
+        if on_bytes:
+            on_bytes(path.stat().st_size)
         return
     with open(path, "rb") as raw:
-        if fmt != JSON_LINES_ZST:
-            yield from _json_lines_records(raw)
-            return
+        lines = raw if fmt != JSON_LINES_ZST else _lines(_zstd_blocks(raw, path))
+        reported = 0
         try:
-            yield from _json_lines_records(_lines(_zstd_blocks(raw, path)))
+            for count, record in enumerate(_json_lines_records(lines), start=1):
+                if on_bytes and count % _REPORT_EVERY == 0:
+                    position = raw.tell()
+                    on_bytes(position - reported)
+                    reported = position
+                yield record
         except zstandard.ZstdError as exc:
             raise CapsfusError(f"{path}: corrupt zstandard stream: {exc}") from exc
+        if on_bytes:
+            on_bytes(raw.tell() - reported)
 
 
 def _zstd_blocks(raw: io.BufferedIOBase, path: Path) -> Iterator[bytes]:
@@ -174,9 +185,10 @@ def _cell(value: Any, arrow_type: pa.DataType) -> Any:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _staging_schema(path: Path, fmt: str, columns: ColumnMapping) -> pa.Schema:
+def _staging_schema(path: Path, fmt: str, columns: ColumnMapping,
+                    on_bytes: Callable[[int], None] | None = None) -> pa.Schema:
     kinds: dict[str, set[str]] = {}
-    for record in iter_records(path, fmt):
+    for record in iter_records(path, fmt, on_bytes):
         for name, value in (record.values or {}).items():
             seen = kinds.setdefault(name, set())
             if value is not None:
@@ -207,22 +219,27 @@ def _staging_row(record: Record, schema: pa.Schema, columns: ColumnMapping) -> d
     return row
 
 
-def stage_to_parquet(source: Path, fmt: str, staging_dir: Path, columns: ColumnMapping) -> tuple[Path, str]:
+def stage_to_parquet(source: Path, fmt: str, staging_dir: Path, columns: ColumnMapping,
+                     on_bytes: Callable[[int], None] | None = None) -> tuple[Path, str]:
     """Convert a JSON input to parquet once; a staged file named by the source's hash and the
     column mapping (which columns are typed as text and checked to be strings) is reused.
+    The source is read STAGING_PASSES times (hash, column types, rows); on_bytes gets the bytes
+    read as it goes, all passes counted.
 
     Returns the staged file and the source's content hash."""
-    content_sha256 = sha256_file(source)
+    content_sha256 = sha256_file(source, on_bytes)
     mapping = hashlib.sha256(json.dumps(columns.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
     target = staging_dir / f"{source.name}.{content_sha256[:16]}.{mapping}.parquet"
     if target.exists():
+        if on_bytes:
+            on_bytes((STAGING_PASSES - 1) * source.stat().st_size)
         return target, content_sha256
-    schema = _staging_schema(source, fmt, columns)
+    schema = _staging_schema(source, fmt, columns, on_bytes)
 
     def write(tmp: Path) -> None:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             batch: list[dict[str, Any]] = []
-            for record in iter_records(source, fmt):
+            for record in iter_records(source, fmt, on_bytes):
                 batch.append(_staging_row(record, schema, columns))
                 if len(batch) == _STAGING_BATCH_ROWS:
                     writer.write_table(pa.Table.from_pylist(batch, schema=schema))

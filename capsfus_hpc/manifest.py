@@ -18,7 +18,7 @@ from .atomic import atomic_write_json, sha256_file
 from .columns import INPUT_ERROR, ColumnMapping
 from .errors import CapsfusError
 from .fingerprint import Fingerprint, parquet_fingerprint, read_footer, stat_fingerprint
-from .inputs import PARQUET, check_readable, detect_format, stage_to_parquet
+from .inputs import PARQUET, STAGING_PASSES, check_readable, detect_format, stage_to_parquet
 
 MANIFEST_VERSION = 1
 DEFAULT_ROWS_PER_SHARD = 50_000
@@ -137,12 +137,27 @@ def staging_dir(manifest_path: Path) -> Path:
     return manifest_path.with_name(manifest_path.stem + ".staging")
 
 
-def _resolve_input(source: Path, manifest_path: Path, columns: ColumnMapping) -> tuple[Path, str, Fingerprint | None]:
+def bytes_to_read(inputs: Sequence[Path]) -> int:
+    """What build_manifest reads of these inputs, for a progress bar: a parquet file's size (its
+    footer is all, but it stands for the file), and each pass over a JSON source."""
+    total = 0
+    for given in map(Path, inputs):
+        try:
+            total += given.stat().st_size * (1 if detect_format(given) == PARQUET else STAGING_PASSES)
+        except (OSError, CapsfusError):
+            pass  # build_manifest names it
+    return total
+
+
+def _resolve_input(source: Path, manifest_path: Path, columns: ColumnMapping,
+                   on_bytes: Callable[[int], None] | None) -> tuple[Path, str, Fingerprint | None]:
     check_readable(source)
     fmt = detect_format(source)
     if fmt == PARQUET:
+        if on_bytes:
+            on_bytes(source.stat().st_size)
         return source, fmt, None
-    staged, content_sha256 = stage_to_parquet(source, fmt, staging_dir(manifest_path), columns)
+    staged, content_sha256 = stage_to_parquet(source, fmt, staging_dir(manifest_path), columns, on_bytes)
     return staged, fmt, stat_fingerprint(source, content_sha256)
 
 
@@ -152,11 +167,12 @@ def build_manifest(
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
     columns: ColumnMapping = ColumnMapping(),
     key_required: bool = False,
-    on_file: Callable[[Path], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
     replace: bool = False,
 ) -> Manifest:
     """Read footers (staging JSON inputs first), plan shards, and write the manifest atomically.
-    An existing file at `output` is replaced only with `replace` (and never when it is an input)."""
+    An existing file at `output` is replaced only with `replace` (and never when it is an input);
+    on_bytes gets the bytes read as it goes (bytes_to_read in all)."""
     if not inputs:
         raise CapsfusError("no input files given")
     output = output.absolute()
@@ -183,7 +199,7 @@ def build_manifest(
     row_id = 0
     for index, given in enumerate(inputs):
         source = Path(given).absolute()
-        parquet_path, fmt, source_fp = _resolve_input(source, output, columns)
+        parquet_path, fmt, source_fp = _resolve_input(source, output, columns, on_bytes)
         footer = read_footer(parquet_path)
         file_schema = footer.schema.to_arrow_schema()
         columns.check([n for n in file_schema.names if n != INPUT_ERROR], str(source), key_required)
@@ -198,8 +214,6 @@ def build_manifest(
             fingerprint=parquet_fingerprint(parquet_path), source_fingerprint=source_fp,
         ))
         row_id += footer.num_rows
-        if on_file:
-            on_file(source)
     if row_id == 0:
         raise CapsfusError(f"the inputs hold no rows: {', '.join(str(f.source) for f in files)}")
     manifest = Manifest(columns, rows_per_shard, tuple(files), tuple(shards))

@@ -8,6 +8,8 @@ from capsfus_hpc.columns import INPUT_ERROR, ColumnMapping
 from capsfus_hpc.errors import CapsfusError
 from capsfus_hpc.inputs import JSON_LINES, JSON_LINES_ZST, JSON_LIST, PARQUET, detect_format, stage_to_parquet
 
+from .conftest import with_urls, write_parquet
+
 GOOD = {"image_url": "u1", "laion_2b": "raw one", "laion_coco": "a synthetic one", "score": 0.5}
 
 
@@ -108,3 +110,27 @@ def test_missing_caption_column_names_column_and_file(tmp_path):
     source.write_text(json.dumps({"laion_2b": "a"}) + "\n")
     with pytest.raises(CapsfusError, match=r"nococo.jsonl: missing synthetic caption column 'laion_coco'"):
         stage_to_parquet(source, JSON_LINES, tmp_path / "s", ColumnMapping())
+
+
+@pytest.mark.parametrize("fmt", [JSON_LINES, JSON_LINES_ZST, JSON_LIST])
+def test_staging_reports_every_byte_of_each_pass_over_the_source(tmp_path, real_records, fmt):
+    from capsfus_hpc.inputs import STAGING_PASSES
+    from capsfus_hpc.manifest import build_manifest, bytes_to_read
+
+    rows = with_urls(real_records[:3000]) * 3  # more records than are read between two reports
+    if fmt == JSON_LIST:
+        source = tmp_path / "in.json"
+        source.write_text(json.dumps(rows))
+    else:
+        text = "".join(json.dumps(row) + "\n" for row in rows).encode()
+        source = tmp_path / ("in.jsonl" if fmt == JSON_LINES else "in.jsonl.zst")
+        source.write_bytes(text if fmt == JSON_LINES else zstandard.ZstdCompressor().compress(text))
+    parquet = write_parquet(tmp_path / "b.parquet", rows[:5])
+    reads = []
+    build_manifest([source, parquet], tmp_path / "m.json", 1000, on_bytes=reads.append)
+    total = STAGING_PASSES * source.stat().st_size + parquet.stat().st_size
+    assert bytes_to_read([source, parquet]) == total == sum(reads)
+    assert len(reads) > STAGING_PASSES + 1 or fmt == JSON_LIST  # as it goes, not once at the end
+    again = []  # staged before: the passes it skips count as read
+    build_manifest([source, parquet], tmp_path / "m.json", 1000, on_bytes=again.append, replace=True)
+    assert sum(again) == total
