@@ -158,7 +158,7 @@ def plan_slurm(paths: RunPaths, status: RunStatus, options: SlurmOptions, shards
     shard_ids = shards_to_run(status)
     rows = sum(s.rows_total - s.rows_done for s in status.shards if s.shard in shard_ids)
     arrays = plan_arrays(group_shards(shard_ids, shards_per_task), max_tasks)
-    specs = tuple(spec_for(paths.logs, options, len(array)) for array in arrays)
+    specs = tuple(spec_for(paths.logs, options, len(array), requeue=True) for array in arrays)
     # A resume leaves the shards SLURM has queued or running to their jobs: its reduce waits for those too.
     # Only jobs squeue lists: a local worker's id, or a job SLURM has purged, would make sbatch refuse.
     active = tuple(dict.fromkeys(ledger.job_of(s.job_id) for s in status.shards if s.queued))

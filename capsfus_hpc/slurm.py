@@ -52,6 +52,8 @@ class ArraySpec:
     options: SlurmOptions
     tasks: int  # 1 submits a plain job, more an array
     dependency: str | None = None
+    requeue: bool = False  # fusion arrays: SLURM requeues a preempted task or one whose node failed,
+    #                        whatever the cluster's JobRequeue, and scontrol requeue works at the time limit
 
 
 def time_minutes(value: str) -> int:
@@ -130,6 +132,8 @@ def slurm_parameters(spec: ArraySpec) -> dict:
                   f"export {MAX_REQUEUES_ENV}={options.max_requeues}"],
         "additional_parameters": extra_parameters(options.extra) or None,
     }
+    if spec.requeue:
+        parameters["additional_parameters"] = {"requeue": True, **(parameters["additional_parameters"] or {})}
     if spec.dependency:
         # A job behind a failed afterok (a reduce --slurm stage) would pend forever; SLURM cancels it instead.
         parameters["additional_parameters"] = {"kill-on-invalid-dep": "yes", **(parameters["additional_parameters"] or {})}
@@ -200,6 +204,7 @@ def submit_array(spec: ArraySpec, function, arguments: list[tuple]) -> list[str]
     return [str(job.job_id) for job in jobs]
 
 
-def spec_for(folder: Path, options: SlurmOptions, tasks: int, dependency: str | None = None) -> ArraySpec:
+def spec_for(folder: Path, options: SlurmOptions, tasks: int, dependency: str | None = None,
+             requeue: bool = False) -> ArraySpec:
     return ArraySpec(folder=str(folder), python=shlex.quote(sys.executable), options=options, tasks=tasks,
-                     dependency=dependency)
+                     dependency=dependency, requeue=requeue)

@@ -378,6 +378,7 @@ def test_options_given_override_the_profile_and_shards_are_grouped_per_task(tmp_
     assert two["warnings"] == []
     fusion, reduce_script = two["scripts"]  # the reduce job: the fusion jobs' resources, without their GPUs
     assert "#SBATCH --gpus-per-node=2\n" in fusion and "gpus" not in reduce_script
+    assert "#SBATCH --requeue\n" in fusion and "requeue" not in reduce_script  # whatever the cluster's JobRequeue
     assert all(f"#SBATCH {line}\n" in reduce_script for line in ("--mem=3G", "--comment=fusion"))
 
     few = write_parquet(tmp_path / "b.parquet", with_urls(real_records[:4]))

@@ -14,9 +14,9 @@ ODD_FOLDER = "/runs/odd it's; \"quoted\" $HOME/logs"
 SPEC = ArraySpec(
     folder=ODD_FOLDER, python="/usr/bin/python3",
     options=SlurmOptions(partition="gpu", account="proj", qos="high", time="04:00:00", gpus=1, cpus=8, mem="96G",
-                         constraint="h100", extra=("--exclude=node7", "--requeue"), array_parallelism=4,
+                         constraint="h100", extra=("--exclude=node7",), array_parallelism=4,
                          signal_delay_s=180, max_requeues=3),
-    tasks=10,
+    tasks=10, requeue=True,
 )
 
 
