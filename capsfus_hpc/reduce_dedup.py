@@ -116,10 +116,11 @@ def settle_in_order(row_ids: np.ndarray, offered: np.ndarray, kinds: list[Duplic
     always a kept row, so no key loses its last row to a duplicate that was dropped itself."""
     if near is None and len(kinds) == 1:
         return [kinds[0].settle(row_ids, offered)]
-    groups = [kind.groups_of(row_ids).tolist() for kind in kinds]
-    winners = [np.full(len(row_ids), -1, np.int64) for _ in range(len(kinds) + (near is not None))]
-    shared = np.any([np.array(g) >= 0 for g in groups], axis=0) if kinds else np.zeros(len(row_ids), bool)
+    in_groups = [kind.groups_of(row_ids) for kind in kinds]
+    shared = np.logical_or.reduce([g >= 0 for g in in_groups]) if kinds else np.zeros(len(row_ids), bool)
     rows = np.flatnonzero(offered if near is not None else offered & shared).tolist()
+    groups = [g.tolist() for g in in_groups]  # read row by row below: lists are quicker than arrays
+    winners = [np.full(len(row_ids), -1, np.int64) for _ in range(len(kinds) + (near is not None))]
     signatures = near.signatures(captions.take(pa.array(rows, pa.int64())).to_pylist()) if near else [None] * len(rows)
     ids = row_ids.tolist()
     for row, signature in zip(rows, signatures):
