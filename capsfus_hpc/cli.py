@@ -17,8 +17,8 @@ from rich.logging import RichHandler
 
 from . import __version__
 from .columns import ColumnMapping
-from .display import (NO_GPU, byte_progress, plan_document, plan_text, polling, row_progress, safe, stage_progress, stats_table,
-                      status_table)
+from .display import (NO_GPU, byte_progress, plan_document, plan_text, polling, row_progress, safe, stage_progress,
+                      stats_table, status_table)
 from .errors import CapsfusError
 from .permissions import restrict_umask
 from .launch import (DEFAULT_SAMPLES_PER_S, SLURM_COMMAND_OPTIONS, prepare_slurm, refusal, slurm_options_for,
