@@ -27,7 +27,7 @@ from .slurm import (
     DEFAULT_MAX_ARRAY_SIZE, FLAGGED_OPTIONS, ArraySpec, SlurmOptions, max_array_size, plan_arrays, refuse_own_options,
     render_sbatch, sbatch_test_only, slurm_reachable, spec_for, submit_array,
 )
-from .status import DONE, PENDING, RUNNING, RunStatus, derive_status, gather_status
+from .status import DAMAGED, DONE, PENDING, RUNNING, RunStatus, derive_status, gather_status
 from .worker import run_shards
 
 
@@ -156,7 +156,9 @@ def plan_slurm(paths: RunPaths, status: RunStatus, options: SlurmOptions, shards
                samples_per_s: float, then_reduce: Path | None) -> SlurmPlan:
     """Pure: the arrays for the shards still to run, cut to the cluster's MaxArraySize."""
     shard_ids = shards_to_run(status)
-    rows = sum(s.rows_total - s.rows_done for s in status.shards if s.shard in shard_ids)
+    # A damaged shard's committed rows count too: an upper bound, for its damaged chunks are fused again.
+    rows = sum(s.rows_total if s.state == DAMAGED else s.rows_total - s.rows_done
+               for s in status.shards if s.shard in shard_ids)
     arrays = plan_arrays(group_shards(shard_ids, shards_per_task), max_tasks)
     specs = tuple(spec_for(paths.logs, options, len(array), requeue=True) for array in arrays)
     # A resume leaves the shards SLURM has queued or running to their jobs: its reduce waits for those too.

@@ -408,3 +408,14 @@ def test_with_json_an_error_is_a_json_document_on_stdout_too(tmp_path):
         assert json.loads(result.stdout) == {"error": result.stderr.strip().removeprefix("error: ")}
     without = capsfus("status", tmp_path / "nothere", check=False)
     assert without.returncode == 1 and without.stdout == ""
+
+
+def test_a_resume_dry_run_plans_and_counts_a_damaged_shard(tmp_path, real_records):
+    from .conftest import run_with_official_captions
+
+    records = real_records[:12]
+    paths = make_run(tmp_path, [write_parquet(tmp_path / "a.parquet", with_urls(records))], "-", 4, chunk_rows=2)
+    run_with_official_captions(paths, records)
+    paths.part(1, 0).unlink()
+    plan = json.loads(capsfus("resume", paths.root, "--dry-run", "--json").stdout)
+    assert plan["arrays"] == [[[1]]] and plan["estimate"]["rows"] == 4  # not 0: the shard's rows are fused again
