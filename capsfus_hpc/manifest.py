@@ -151,8 +151,7 @@ def bytes_to_read(inputs: Sequence[Path]) -> int:
 
 def _resolve_input(source: Path, manifest_path: Path, columns: ColumnMapping,
                    on_bytes: Callable[[int], None] | None) -> tuple[Path, str, Fingerprint | None]:
-    check_readable(source)
-    fmt = detect_format(source)
+    fmt = detect_format(source)  # (build_manifest checked it is readable)
     if fmt == PARQUET:
         if on_bytes:
             on_bytes(source.stat().st_size)
@@ -262,26 +261,28 @@ def manifest_sha256(path: Path) -> str:
     return sha256_file(path)
 
 
+def input_change(file: InputFile) -> str | None:
+    """How an input changed since the manifest was built ("PATH was deleted", say), or None."""
+    changed = _changed(Path(file.path), file.fingerprint, parquet=True)
+    if changed:
+        return f"{file.path} {changed}"
+    if file.source_fingerprint is not None and (changed := _changed(Path(file.source), file.source_fingerprint,
+                                                                     parquet=False)):
+        return f"{file.source} {changed}"
+    return None
+
+
 def verify_input(file: InputFile) -> None:
     """Refuse to read an input that changed since the manifest was built."""
-    parquet_path = Path(file.path)
-    changed = _changed(parquet_path, file.fingerprint, parquet=True)
-    if file.source_fingerprint is not None and not changed:
-        changed = _changed(Path(file.source), file.source_fingerprint, parquet=False)
-        parquet_path = Path(file.source)
-    if changed:
-        raise CapsfusError(f"input {parquet_path} {changed} since the manifest was built; rebuild the manifest")
+    if changed := input_change(file):
+        raise CapsfusError(f"input {changed} since the manifest was built; rebuild the manifest")
 
 
 def refuse_changed_inputs(manifest: Manifest, shard_ids: list[int]) -> None:
     """Before tasks are submitted: every input these shards read is as the manifest saw it (else
     each of their tasks would fail on it)."""
-    changed = []
-    for index in sorted({manifest.shard(shard).file for shard in shard_ids}):
-        try:
-            verify_input(manifest.files[index])
-        except CapsfusError as exc:
-            changed.append(str(exc).removeprefix("input ").removesuffix("; rebuild the manifest"))
+    files = sorted({manifest.shard(shard).file for shard in shard_ids})
+    changed = [change for index in files if (change := input_change(manifest.files[index]))]
     if changed:
         shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
         raise CapsfusError(f"{len(changed)} input file(s) of the shards to run changed since the manifest was "
