@@ -29,14 +29,20 @@ def published_names(final: DatasetPaths) -> set[str]:
     return {p.name for p in final.data_files()} | {p.name for p in named if p.exists()}
 
 
-def published_at(final: ReducePaths) -> float | None:
-    """When the dataset in FINAL was published (its stats.json's time), or None where there is
-    none or a reduce into FINAL has not finished (its plan is still there)."""
+def last_published_at(final: ReducePaths) -> float | None:
+    """When the dataset now in FINAL was published (its stats.json's time), even while a later
+    reduce into FINAL runs; None where there is none."""
     try:
-        when = final.stats.stat().st_mtime
+        return final.stats.stat().st_mtime
     except FileNotFoundError:
         return None
-    return None if final.plan.exists() else when
+
+
+def published_at(final: ReducePaths) -> float | None:
+    """When the dataset in FINAL was published, or None where there is none or a reduce into
+    FINAL has not finished (its plan is still there: the stats.json may be an earlier one's)."""
+    when = last_published_at(final)
+    return None if when is None or final.plan.exists() else when
 
 
 def publish(staged: DatasetPaths, final: DatasetPaths) -> list[str]:

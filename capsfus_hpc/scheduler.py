@@ -6,10 +6,12 @@ still has squeue and its own folder, and `SchedulerView.note` says what is missi
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from .ledger import REDUCE, REDUCE_STAGES, Submission, job_of, latest_task_of_shard
 
@@ -44,6 +46,7 @@ class ReduceJobState:
     stage: str | None  # keys, dedup, assemble; None for a whole reduce
     states: dict[str, int]  # SLURM state -> tasks in it; empty where SLURM no longer says
     submitted_at: float = 0.0
+    ended_at: float | None = None  # when its last task ended, as sacct says; None before or where it does not
 
     @property
     def active(self) -> bool:
@@ -102,6 +105,21 @@ def parse_sacct(text: str) -> dict[str, str]:
     return {**grouped, **states}
 
 
+def parse_sacct_ends(text: str) -> dict[str, float]:
+    """`sacct -X -n -P --format=JobID,State,End` lines -> {task job id: unix time it ended}, for
+    the tasks of their own record that ended (End is "Unknown" while one runs, "None" for one
+    that never started)."""
+    ends = {}
+    for line in text.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) >= 3:
+            try:
+                ends[fields[0]] = datetime.strptime(fields[2], "%Y-%m-%dT%H:%M:%S").timestamp()
+            except ValueError:
+                continue
+    return ends
+
+
 def _task_state(task: str, squeue: dict[str, str], sacct: dict[str, str] | None, unknown: str = MISSING) -> str | None:
     """squeue (live) over sacct (ended); with accounting, a task known to neither is `unknown`."""
     return squeue.get(task) or (sacct or {}).get(task) or (unknown if sacct is not None else None)
@@ -133,9 +151,10 @@ def behind_never_starts(chain: list[str], squeue: dict[str, str]) -> dict[str, s
 
 
 def reduce_jobs(entries: list[Submission], squeue: dict[str, str], sacct: dict[str, str] | None,
-                unknown: str = MISSING) -> tuple[ReduceJobState, ...]:
+                unknown: str = MISSING, ends: dict[str, float] | None = None) -> tuple[ReduceJobState, ...]:
     """Each reduce job of the ledger with how many of its tasks are in each state: squeue over
-    sacct, `unknown` with accounting where neither knows a task (UNANSWERED where squeue failed)."""
+    sacct, `unknown` with accounting where neither knows a task (UNANSWERED where squeue failed);
+    and when its last task ended, from sacct's `ends`."""
     chains: dict[str | None, list[str]] = {}  # final folder -> the stages of its latest reduce --slurm
     for entry in entries:
         if entry.kind == REDUCE and entry.stage:
@@ -152,18 +171,21 @@ def reduce_jobs(entries: list[Submission], squeue: dict[str, str], sacct: dict[s
         for task, _ in entry.tasks:
             if state := _task_state(task, squeue, sacct, unknown):
                 states[state] = states.get(state, 0) + 1
-        jobs.append(ReduceJobState(entry.job_id, entry.final, entry.stage, states, entry.submitted_at))
+        ended = [(ends or {})[task] for task, _ in entry.tasks if task in (ends or {})]
+        jobs.append(ReduceJobState(entry.job_id, entry.final, entry.stage, states, entry.submitted_at,
+                                   max(ended) if ended else None))
     return tuple(jobs)
 
 
 def _sacct(entries: list[Submission]) -> tuple[bool, str]:
     job_ids = ",".join(entry.job_id for entry in entries)
-    return _run(["sacct", "-X", "-n", "-P", "-j", job_ids, "--format=JobID,State"])
+    return _run(["sacct", "-X", "-n", "-P", "-j", job_ids, "--format=JobID,State,End"])
 
 
 def _run(command: list[str]) -> tuple[bool, str]:
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    try:  # (times as parse_sacct_ends reads them, whatever format the user's environment asks for)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "SLURM_TIME_FORMAT": "standard"})
     except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
         return False, str(exc)
     return result.returncode == 0, result.stdout if result.returncode == 0 else result.stderr.strip()
@@ -180,9 +202,11 @@ def query(entries: list[Submission]) -> SchedulerView:
         if not reduces or not shutil.which("squeue"):  # no SLURM here: none of its jobs can be running
             return SchedulerView(note=note)
         ok, sacct_text = _sacct(reduces)  # slurmdbd may answer while slurmctld does not
-        return SchedulerView(note=note, reduce_jobs=reduce_jobs(reduces, {}, parse_sacct(sacct_text) if ok else {}, UNANSWERED))
+        sacct, ends = (parse_sacct(sacct_text), parse_sacct_ends(sacct_text)) if ok else ({}, {})
+        return SchedulerView(note=note, reduce_jobs=reduce_jobs(reduces, {}, sacct, UNANSWERED, ends))
     ok, sacct_text = _sacct(entries)
     note = None if ok else (f"no accounting (sacct: {sacct_text}); ended tasks show no SLURM state, "
                             "only what the run folder records")
     squeue, sacct = parse_squeue(squeue_text), parse_sacct(sacct_text) if ok else None
-    return SchedulerView(shard_tasks(entries, squeue, sacct), note, reduce_jobs(entries, squeue, sacct))
+    ends = parse_sacct_ends(sacct_text) if ok else {}
+    return SchedulerView(shard_tasks(entries, squeue, sacct), note, reduce_jobs(entries, squeue, sacct, ends=ends))

@@ -20,7 +20,7 @@ from .manifest import Manifest
 from .paths import ReducePaths, RunPaths
 from .process import alive
 from .progress import ProgressRecord, read_progress
-from .reduce_publish import published_at
+from .reduce_publish import last_published_at
 from .scheduler import FAILURE_STATES, GONE, MISSING, PENDING_STATES, RUNNING_STATES, ReduceJobState, TaskState
 
 VERIFY_THREADS = 8
@@ -83,14 +83,15 @@ class RunStatus:
     def failed_reduces(self) -> tuple[ReduceJobState, ...]:
         """The failed jobs of each final folder's latest reduce (a whole one, or the stages from its
         keys stage on); a failure that a later reduce into the same folder followed (a SLURM one,
-        or one whose dataset was published there since, as a local reduce) is history."""
+        or one whose dataset was published there after the job ended, as a local reduce) is
+        history. (Where SLURM does not say when it ended, its submission stands in.)"""
         latest: dict[str | None, list[ReduceJobState]] = {}
         for job in self.reduce_jobs:
             if job.stage in (None, ledger.REDUCE_STAGES[0]) or job.final not in latest:
                 latest[job.final] = []
             latest[job.final].append(job)
         return tuple(job for final, jobs in latest.items() for job in jobs
-                     if job.failed and self.published.get(final or "", 0.0) <= job.submitted_at)
+                     if job.failed and self.published.get(final or "", 0.0) <= (job.ended_at or job.submitted_at))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -228,6 +229,6 @@ def gather_status(paths: RunPaths, manifest: Manifest, slurm: bool | None = None
     entries = ledger.read(paths.ledger)
     view = scheduler.query(entries) if entries and slurm is not False else scheduler.SchedulerView()
     published = {job.final: when for job in view.reduce_jobs
-                 if job.final and (when := published_at(ReducePaths(Path(job.final)))) is not None}
+                 if job.final and (when := last_published_at(ReducePaths(Path(job.final)))) is not None}
     return derive_status(manifest, records, joined_tasks(tasks, view.tasks), view.note, damaged, view.reduce_jobs,
                          published)

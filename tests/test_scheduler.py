@@ -1,5 +1,8 @@
 from capsfus_hpc.ledger import FUSE, REDUCE, Submission
-from capsfus_hpc.scheduler import NEVER_STARTS, ReduceJobState, parse_sacct, parse_squeue, reduce_jobs, shard_tasks
+from datetime import datetime
+
+from capsfus_hpc.scheduler import (NEVER_STARTS, ReduceJobState, parse_sacct, parse_sacct_ends, parse_squeue, reduce_jobs,
+                                   shard_tasks)
 
 
 def test_squeue_lines_give_each_array_task_its_state():
@@ -13,6 +16,22 @@ def test_sacct_states_are_read_per_task_and_grouped_records_expanded():
     assert parse_sacct(text) == {
         "19_0": "COMPLETED", "19_1": "CANCELLED", "19_2": "RUNNING", "19_3": "CANCELLED", "20": "TIMEOUT",
         "21_5": "PENDING", "21_7": "PENDING", "21_8": "PENDING"}
+
+
+def test_sacct_end_times_are_read_for_the_tasks_that_ended():
+    text = ("19_0|COMPLETED|2026-12-07T15:30:55\n19_1|RUNNING|Unknown\n19_[2-3%2]|PENDING|None\n"
+            "20|FAILED|2026-12-07T16:00:00\n21|PENDING\n")
+    assert parse_sacct_ends(text) == {"19_0": datetime(2026, 12, 7, 15, 30, 55).timestamp(),
+                                      "20": datetime(2026, 12, 7, 16, 0).timestamp()}
+    assert parse_sacct(text)["19_0"] == "COMPLETED"  # the states read the same with the End column
+
+
+def test_a_reduce_job_ended_when_its_last_task_did():
+    entries = [Submission("70", REDUCE, (("70_0", ()), ("70_1", ())), 2.0, final="/f", stage="keys"),
+               Submission("71", REDUCE, (("71", ()),), 3.0, final="/f", stage="dedup")]
+    sacct = {"70_0": "COMPLETED", "70_1": "FAILED", "71": "CANCELLED"}
+    jobs = reduce_jobs(entries, {}, sacct, ends={"70_0": 100.0, "70_1": 160.0})
+    assert [(job.job_id, job.ended_at) for job in jobs] == [("70", 160.0), ("71", None)]
 
 
 def test_a_shard_takes_the_state_of_its_latest_task_squeue_first():

@@ -119,7 +119,8 @@ def test_a_run_is_settled_only_once_its_reduce_job_is_neither_pending_nor_runnin
     ended = ReduceJobState("61", "/data/final", None, {"FAILED": 1})
     status = derive_status(MANIFEST, records, {}, reduce_jobs=(ended,))
     assert status.settled and list(status.as_dict()["reduce_jobs"]) == [
-        {"job_id": "61", "final": "/data/final", "stage": None, "states": {"FAILED": 1}, "submitted_at": 0.0}]
+        {"job_id": "61", "final": "/data/final", "stage": None, "states": {"FAILED": 1}, "submitted_at": 0.0,
+         "ended_at": None}]
     assert derive_status(MANIFEST, records, {}).settled
     assert not derive_status(MANIFEST, {**records, 4: _record(4, 1, OPEN)}, {}).settled
 
@@ -151,10 +152,15 @@ def test_only_the_latest_reduce_of_each_final_folder_counts_as_failed():
     assert failed(whole_failed, *staged) == ["70", "71", "72"]  # the stages of one reduce go together
     assert failed(whole_failed, *staged, *rerun) == []  # a later reduce into /f replaced them
     assert failed(whole_failed, ReduceJobState("90", "/other", None, {"COMPLETED": 1})) == ["61"]
-    # A dataset published in /f since the job was submitted (by a local reduce: no job) ends it too.
+    # A dataset published in /f after the job ended (by a local reduce: no job) ends it too; where
+    # SLURM does not say when it ended, after it was submitted.
     submitted = ReduceJobState("62", "/f", None, {"FAILED": 1}, submitted_at=1000.0)
-    for published, named in (({"/f": 1010.0}, []), ({"/f": 990.0}, ["62"]), ({"/other": 1010.0}, ["62"])):
-        assert [job.job_id for job in derive_status(MANIFEST, records, {}, reduce_jobs=(submitted,),
+    ended = ReduceJobState("63", "/f", None, {"FAILED": 1}, submitted_at=1000.0, ended_at=5000.0)
+    for job, published, named in ((submitted, {"/f": 1010.0}, []), (submitted, {"/f": 990.0}, ["62"]),
+                                  (submitted, {"/other": 1010.0}, ["62"]),
+                                  (ended, {"/f": 1010.0}, ["63"]),  # published while it waited, then it failed
+                                  (ended, {"/f": 5010.0}, [])):
+        assert [job.job_id for job in derive_status(MANIFEST, records, {}, reduce_jobs=(job,),
                                                     published=published).failed_reduces] == named
 
 

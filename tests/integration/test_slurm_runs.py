@@ -65,8 +65,10 @@ def test_an_array_of_8_shards_with_throttle_2_completes_and_reduces(tmp_path, re
     status = status_of(run)
     assert status["counts"]["done"] == 8 and {s["slurm_state"] for s in status["shards"]} == {"COMPLETED"}
     wait_until(lambda: status_of(run)["reduce_jobs"][0]["states"] == {"COMPLETED": 1}, 60, "the reduce job's end")
-    assert status_of(run)["reduce_jobs"] == [{"job_id": reduce_job.job_id, "final": str(final), "stage": None,
-                                              "states": {"COMPLETED": 1}, "submitted_at": reduce_job.submitted_at}]
+    (job,) = status_of(run)["reduce_jobs"]
+    assert job == {"job_id": reduce_job.job_id, "final": str(final), "stage": None, "states": {"COMPLETED": 1},
+                   "submitted_at": reduce_job.submitted_at, "ended_at": job["ended_at"]}
+    assert int(reduce_job.submitted_at) <= job["ended_at"] <= time.time()  # sacct's End, to the second
     assert status_of(run)["published"] == {str(final): (final / "stats.json").stat().st_mtime}
 
 
