@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import ledger, scheduler
-from .integrity import damage_report, damaged_chunks
+from .integrity import damage_report, damaged_chunks, missing_chunks
 from .lease import abandoned
 from .local_queue import held_shards
 from .manifest import Manifest
@@ -28,7 +28,7 @@ PENDING = "pending"
 RUNNING = "running"
 DONE = "done"
 FAILED = "failed"
-DAMAGED = "damaged"  # done, but a committed part no longer matches its checksum (status --verify)
+DAMAGED = "damaged"  # a committed part is gone, or (status --verify) no longer matches its checksum
 STATES = (PENDING, RUNNING, DONE, FAILED, DAMAGED)
 
 
@@ -217,14 +217,22 @@ def verify_parts(paths: RunPaths, records: dict[int, ProgressRecord],
     return dict(sorted(damaged.items()))
 
 
+def absent_parts(paths: RunPaths, records: dict[int, ProgressRecord]) -> dict[int, str]:
+    """Shard -> what is missing, for every shard with a committed part no longer in its folder."""
+    missing = {shard_id: damage_report(paths, record, gone, "the part is missing")
+               for shard_id, record in records.items() if (gone := missing_chunks(paths, record))}
+    return dict(sorted(missing.items()))
+
+
 def gather_status(paths: RunPaths, manifest: Manifest, slurm: bool | None = None,
                   records: dict[int, ProgressRecord] | None = None, verify: bool = False,
                   on_verified: Callable[[int], None] | None = None) -> RunStatus:
     """Status of a run from its folder (or the records already read from it), joined with SLURM
-    when the run has submitted jobs; with verify, every committed part is checked against its
-    checksum (reads them all; on_verified gets how many shards are checked)."""
+    when the run has submitted jobs. Every committed part must be in its shard's folder; with
+    verify, each is also checked against its checksum (reads them all; on_verified gets how
+    many shards are checked)."""
     records = read_records(paths, manifest) if records is None else records
-    damaged = verify_parts(paths, records, on_verified) if verify else {}
+    damaged = verify_parts(paths, records, on_verified) if verify else absent_parts(paths, records)
     tasks = worker_tasks(paths, records)
     entries = ledger.read(paths.ledger)
     view = scheduler.query(entries) if entries and slurm is not False else scheduler.SchedulerView()

@@ -140,8 +140,11 @@ def test_a_damaged_part_is_named_by_shard_and_chunk(tmp_path, finished_run, _run
         reduce_run(finished_run, tmp_path / "small", ReduceOptions(target_file_bytes=1, row_group_rows=4))
     assert not list((tmp_path / "small").glob("data-*.parquet")) and not (tmp_path / "small" / STATS_FILE).exists()
     part.unlink()
-    with pytest.raises(CapsfusError, match=r"shard 1 chunk 2: part .* is missing"):
+    with pytest.raises(CapsfusError, match=r"incomplete.*\n  shard 1: damaged, 20/20 rows: chunk 2 \(rows 36-39\) of "
+                                           r"shard 1: the part is missing"):
         reduce_run(finished_run, tmp_path / "final")
+    with pytest.raises(CapsfusError, match=r"shard 1 chunk 2: part .* is missing"):
+        reduce_run(finished_run, tmp_path / "final", ReduceOptions(allow_partial=True))
 
 
 def test_bad_options_are_refused_before_an_earlier_dataset_is_removed(tmp_path, finished_run, _run_all, monkeypatch):

@@ -9,7 +9,7 @@ from capsfus_hpc.manifest import InputFile, Manifest, Shard
 from capsfus_hpc.progress import Attempt, ChunkRecord, ProgressRecord
 from capsfus_hpc.display import reduce_line
 from capsfus_hpc.scheduler import GONE, ReduceJobState, TaskState
-from capsfus_hpc.status import DAMAGED, DONE, FAILED, PENDING, RUNNING, derive_status
+from capsfus_hpc.status import DAMAGED, DONE, FAILED, PENDING, RUNNING, derive_status, gather_status
 
 SCHEDULER_RUNNING, SCHEDULER_PENDING, SCHEDULER_GONE = (TaskState("7_1", "RUNNING", True), TaskState("7_1", "PENDING", True),
                                                          TaskState("99", GONE))
@@ -93,7 +93,6 @@ def test_all_done_is_complete():
 def test_a_worker_on_another_node_whose_lease_went_stale_is_failed_not_running(tmp_path, real_records, smoke_model):
     from capsfus_hpc.progress import write_progress
     from capsfus_hpc.settings import load_run
-    from capsfus_hpc.status import gather_status
 
     from .conftest import make_run, with_urls, write_parquet
 
@@ -232,7 +231,6 @@ def test_a_local_attempt_whose_pid_now_names_a_newer_process_is_failed_not_runni
 
     from capsfus_hpc.progress import write_progress
     from capsfus_hpc.settings import load_run
-    from capsfus_hpc.status import gather_status
 
     from .conftest import make_run, with_urls, write_parquet
 
@@ -266,3 +264,23 @@ def test_every_committed_part_is_checked_and_each_damaged_shard_named_in_order(t
     damaged = verify_parts(paths, on_disk, checked.append)
     assert list(damaged) == [2, 7, 9] and checked == list(range(1, 11))
     assert damaged[2].startswith("chunk 0 (rows 8-9), chunk 1 (rows 10-11) of shard 2: the part on disk does not match")
+
+
+def test_status_without_verify_names_a_deleted_part_without_reading_any(tmp_path, real_records):
+    """A deleted part is seen from its shard folder's listing; a changed one only by --verify."""
+    from capsfus_hpc.settings import load_run
+
+    from .conftest import make_run, run_with_official_captions, with_urls, write_parquet
+
+    records = real_records[:20]
+    paths = make_run(tmp_path, [write_parquet(tmp_path / "a.parquet", with_urls(records))], "-", 4, chunk_rows=2)
+    run_with_official_captions(paths, records)
+    _, manifest = load_run(paths)
+    paths.part(3, 1).unlink()
+    paths.part(1, 0).write_bytes(b"not parquet")
+    status = gather_status(paths, manifest, slurm=False)
+    assert [s.state for s in status.shards] == [DONE, DONE, DONE, DAMAGED, DONE]
+    assert status.shards[3].error == (f"chunk 1 (rows 14-15) of shard 3: the part is missing; capsfus-hpc resume "
+                                      f"{paths.root} regenerates only these")
+    assert [s.state for s in gather_status(paths, manifest, slurm=False, verify=True).shards] == [
+        DONE, DAMAGED, DONE, DAMAGED, DONE]
