@@ -20,7 +20,6 @@ from .errors import CapsfusError
 NUM_PERM = 128
 SHINGLE_WORDS = 3
 SEED = 1  # datasketch's default: the same captions give the same signatures on every machine
-BATCH = 4096
 # datasketch's LSH needs two bands or more, so it takes no threshold above about 0.98; a higher
 # one proposes candidates at 0.98 and the MinHash estimate confirms them at the threshold.
 LSH_THRESHOLD_MAX = 0.98
@@ -51,14 +50,14 @@ class NearDuplicates:
         self._datasketch = _datasketch()
         self._index = self._datasketch.MinHashLSH(threshold=min(threshold, LSH_THRESHOLD_MAX), num_perm=NUM_PERM)
         self._kept: dict[int, np.ndarray] = {}
+        # Its permutations, drawn once, serve every caption (as datasketch's MinHash.bulk does).
+        self._empty = self._datasketch.MinHash(num_perm=NUM_PERM, seed=SEED)
 
-    def signatures(self, captions: list[str]) -> list:
-        """The MinHash of each caption (in bulk: most of the cost, so done before the greedy pass)."""
-        out = []
-        for start in range(0, len(captions), BATCH):
-            out += self._datasketch.MinHash.bulk([shingles(caption) for caption in captions[start:start + BATCH]],
-                                                 num_perm=NUM_PERM, seed=SEED)
-        return out
+    def signature(self, caption: str):
+        """The MinHash of a caption: most of the cost, so asked only of rows the exact keys keep."""
+        minhash = self._empty.copy()
+        minhash.update_batch(shingles(caption))
+        return minhash
 
     def winner(self, signature) -> int | None:
         """The earliest kept row whose caption this one nearly equals, if any."""
@@ -75,8 +74,8 @@ class NearDuplicates:
         """(row id, winner row id) of each offered (row id, caption) that an earlier kept row's
         caption nearly equals; the others are kept, and may win later rows."""
         found = []
-        for (row_id, _), signature in zip(rows, self.signatures([caption for _, caption in rows])):
-            if (winner := self.winner(signature)) is not None:
+        for row_id, caption in rows:
+            if (winner := self.winner(signature := self.signature(caption))) is not None:
                 found.append((row_id, winner))
             else:
                 self.keep(row_id, signature)

@@ -121,12 +121,13 @@ def settle_in_order(row_ids: np.ndarray, offered: np.ndarray, kinds: list[Duplic
     rows = np.flatnonzero(offered if near is not None else offered & shared).tolist()
     groups = [g.tolist() for g in in_groups]  # read row by row below: lists are quicker than arrays
     winners = [np.full(len(row_ids), -1, np.int64) for _ in range(len(kinds) + (near is not None))]
-    signatures = near.signatures(captions.take(pa.array(rows, pa.int64())).to_pylist()) if near else [None] * len(rows)
+    texts = captions.take(pa.array(rows, pa.int64())).to_pylist() if near else [None] * len(rows)
     ids = row_ids.tolist()
-    for row, signature in zip(rows, signatures):
+    for row, text in zip(rows, texts):
         taken = next(((k, kind.winner[g]) for k, kind in enumerate(kinds)
                       if (g := groups[k][row]) >= 0 and kind.winner[g] >= 0), None)
-        if taken is None and near is not None and (found := near.winner(signature)) is not None:
+        signature = near.signature(text) if taken is None and near is not None else None
+        if signature is not None and (found := near.winner(signature)) is not None:
             taken = (len(kinds), found)
         if taken is not None:
             winners[taken[0]][row] = taken[1]
