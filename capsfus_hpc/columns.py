@@ -43,7 +43,14 @@ class ColumnMapping:
         return cls(**data)
 
     def check(self, columns: list[str], file: str, key_required: bool) -> "ColumnMapping":
-        """The mapping for one file; the default key column may be absent, then rows have no key."""
+        """The mapping for one file's columns (a staged file's, less INPUT_ERROR); the default key
+        column may be absent, then rows have no key."""
+        if repeated := sorted({name for name in columns if columns.count(name) > 1}):
+            raise CapsfusError(f"{file}: column(s) {', '.join(repeated)} appear more than once; a row's values "
+                               "must each have their own name")
+        if INPUT_ERROR in columns:
+            raise CapsfusError(f"{file}: column {INPUT_ERROR} is capsfus-hpc's own (a JSON input's reading "
+                               "errors); rename it")
         for role, name in (("raw caption", self.raw_caption), ("synthetic caption", self.synthetic_caption)):
             if name not in columns:
                 raise CapsfusError(f"{file}: missing {role} column '{name}' (columns: {', '.join(columns)})")

@@ -2,7 +2,7 @@
 
 Workers only ever read parquet. A JSON list, JSON Lines or .jsonl.zst input is converted once
 to a staging parquet file; a line that cannot be read (bad UTF-8, malformed JSON, not an
-object) still becomes a row, with its captions null and the reason in INPUT_ERROR, so the
+object, a lone surrogate escape) still becomes a row, with its captions null and the reason in INPUT_ERROR, so the
 worker rejects it with its line number instead of it vanishing.
 """
 
@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,16 @@ JSON_LIST = "json"
 JSON_LINES = "jsonl"
 JSON_LINES_ZST = "jsonl.zst"
 _STAGING_BATCH_ROWS = 10_000
+# How records become staged rows: a file staged by an earlier version is staged again (2: a
+# leading byte order mark is skipped, lone surrogates and wide integers are rows, not a crash).
+STAGING_VERSION = 2
 STAGING_PASSES = 3  # a JSON source is read to hash it, to type its columns, and to stage its rows
 _REPORT_EVERY = 4096  # records between reports of bytes read
+_BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, which some editors put first in a file
+# A \u escape of a UTF-16 surrogate: json.loads joins a pair into one character, but takes a lone
+# one as a character that is not text (no UTF-8 for it), which no parquet string can hold.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_NOT_TEXT = "a \\u escape names half of a UTF-16 surrogate pair alone, which is not text"
 
 
 def detect_format(path: Path) -> str:
@@ -50,7 +59,7 @@ def detect_format(path: Path) -> str:
 def _first_non_space(path: Path) -> bytes:
     with open(path, "rb") as handle:
         while block := handle.read(4096):
-            stripped = block.lstrip()
+            stripped = block.removeprefix(_BOM).lstrip()
             if stripped:
                 return stripped[:1]
     return b""
@@ -121,7 +130,7 @@ def _json_lines_records(lines: Iterator[bytes]) -> Iterator[Record]:
         if not line.strip():
             continue
         try:
-            text = line.decode("utf-8")
+            text = line.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError as exc:
             yield Record(number, None, f"invalid_utf8: line {number}: byte {exc.start} is not valid UTF-8")
             continue
@@ -133,21 +142,37 @@ def _json_lines_records(lines: Iterator[bytes]) -> Iterator[Record]:
         if not isinstance(value, dict):
             yield Record(number, None, f"not_an_object: line {number}: a JSON {type(value).__name__}, not an object")
             continue
+        if _SURROGATE_ESCAPE.search(text) and not _is_text(value):
+            yield Record(number, None, f"invalid_unicode: line {number}: {_NOT_TEXT}")
+            continue
         yield Record(number, value, None)
+
+
+def _is_text(value: dict[str, Any]) -> bool:
+    """Whether every string in a record (names too) has a UTF-8 form."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _json_list_records(path: Path) -> Iterator[Record]:
     # The CapsFusion example layout is one JSON list; it has to be parsed whole.
+    data = path.read_bytes().removeprefix(_BOM)
     try:
-        document = json.loads(path.read_bytes())
+        document = json.loads(data)
     except UnicodeDecodeError as exc:
         raise CapsfusError(f"{path}: not valid UTF-8 at byte {exc.start}") from exc
     except json.JSONDecodeError as exc:
         raise CapsfusError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
     if not isinstance(document, list):
         raise CapsfusError(f"{path}: expected a JSON list of objects, found a {type(document).__name__}")
+    escapes = _SURROGATE_ESCAPE.search(data.decode("utf-8", "replace")) is not None
     for index, value in enumerate(document):
-        if isinstance(value, dict):
+        if isinstance(value, dict) and escapes and not _is_text(value):
+            yield Record(index + 1, None, f"invalid_unicode: element {index}: {_NOT_TEXT}")
+        elif isinstance(value, dict):
             yield Record(index + 1, value, None)
         else:
             yield Record(index + 1, None, f"not_an_object: element {index}: a JSON {type(value).__name__}")
@@ -159,8 +184,8 @@ def _json_list_records(path: Path) -> Iterator[Record]:
 def _kind(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"
-    if isinstance(value, int):
-        return "int" if -(2**63) <= value < 2**63 else "other"
+    if isinstance(value, int):  # ("int": also exact as a float64, so it may share a column with floats)
+        return "int" if -(2**53) <= value <= 2**53 else "wide_int" if -(2**63) <= value < 2**63 else "other"
     if isinstance(value, float):
         return "float"
     if isinstance(value, str):
@@ -172,7 +197,7 @@ def _arrow_type(kinds: set[str]) -> pa.DataType:
     """One column type for all values; anything mixed is kept as JSON text."""
     if kinds == {"bool"}:
         return pa.bool_()
-    if kinds == {"int"}:
+    if kinds and kinds <= {"int", "wide_int"}:
         return pa.int64()
     if kinds and kinds <= {"int", "float"}:
         return pa.float64()
@@ -228,7 +253,8 @@ def stage_to_parquet(source: Path, fmt: str, staging_dir: Path, columns: ColumnM
 
     Returns the staged file and the source's content hash."""
     content_sha256 = sha256_file(source, on_bytes)
-    mapping = hashlib.sha256(json.dumps(columns.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    staging = {**columns.as_dict(), "staging": STAGING_VERSION}
+    mapping = hashlib.sha256(json.dumps(staging, sort_keys=True).encode()).hexdigest()[:8]
     target = staging_dir / f"{source.name}.{content_sha256[:16]}.{mapping}.parquet"
     if target.exists():
         if on_bytes:
@@ -246,7 +272,10 @@ def stage_to_parquet(source: Path, fmt: str, staging_dir: Path, columns: ColumnM
                     batch = []
             writer.write_table(pa.Table.from_pylist(batch, schema=schema))
 
-    atomic_write(target, write)
+    try:
+        atomic_write(target, write)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeEncodeError) as exc:
+        raise CapsfusError(f"{source}: its records could not be staged as parquet ({exc})") from exc
     return target, content_sha256
 
 

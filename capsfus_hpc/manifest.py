@@ -19,6 +19,7 @@ from .columns import INPUT_ERROR, ColumnMapping
 from .errors import CapsfusError
 from .fingerprint import Fingerprint, parquet_fingerprint, read_footer, stat_fingerprint
 from .inputs import PARQUET, STAGING_PASSES, check_readable, detect_format, stage_to_parquet
+from .shard_reader import plain_schema
 
 MANIFEST_VERSION = 1
 DEFAULT_ROWS_PER_SHARD = 50_000
@@ -200,8 +201,9 @@ def build_manifest(
         source = Path(given).absolute()
         parquet_path, fmt, source_fp = _resolve_input(source, output, columns, on_bytes)
         footer = read_footer(parquet_path)
-        file_schema = footer.schema.to_arrow_schema()
-        columns.check([n for n in file_schema.names if n != INPUT_ERROR], str(source), key_required)
+        file_schema = plain_schema(footer.schema.to_arrow_schema())  # the types the worker reads
+        staged = fmt != PARQUET  # (a staged file's INPUT_ERROR column is ours; a user's parquet may not have one)
+        columns.check([n for n in file_schema.names if not (staged and n == INPUT_ERROR)], str(source), key_required)
         _check_key_type(file_schema, columns.key, source)
         schema = _unify(schema, file_schema, source)
         group_rows = [footer.row_group(i).num_rows for i in range(footer.num_row_groups)]

@@ -134,3 +134,45 @@ def test_staging_reports_every_byte_of_each_pass_over_the_source(tmp_path, real_
     again = []  # staged before: the passes it skips count as read
     build_manifest([source, parquet], tmp_path / "m.json", 1000, on_bytes=again.append, replace=True)
     assert sum(again) == total
+
+
+def test_a_byte_order_mark_before_the_first_record_is_skipped(tmp_path, real_records):
+    lines = tmp_path / "bom.jsonl"
+    lines.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n" + json.dumps(GOOD).encode() + b"\n")
+    listed = tmp_path / "bom.json"
+    listed.write_bytes(b"\xef\xbb\xbf" + json.dumps([GOOD, GOOD]).encode())
+    assert detect_format(listed) == JSON_LIST
+    for source, fmt in ((lines, JSON_LINES), (listed, JSON_LIST)):
+        staged, _ = stage_to_parquet(source, fmt, tmp_path / fmt, ColumnMapping())
+        assert [row[INPUT_ERROR] for row in pq.read_table(staged).to_pylist()] == [None, None]
+
+
+def test_a_lone_surrogate_escape_makes_its_record_a_rejected_row_not_a_crash(tmp_path):
+    pair = {"laion_2b": "smile \\ud83d\\ude00", "laion_coco": "b"}  # an escaped pair is one character
+    lines = [json.dumps(GOOD), '{"laion_2b": "half \\ud800 of a pair", "laion_coco": "x"}',
+             '{"laion_2b": "a", "laion_coco": "b", "note": "\\uDFFF"}', json.dumps(pair).replace("\\\\", "\\")]
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    listed = tmp_path / "in.json"
+    listed.write_text("[" + ",".join(lines) + "]")
+    for path, fmt, where in ((source, JSON_LINES, "line"), (listed, JSON_LIST, "element")):
+        rows = pq.read_table(stage_to_parquet(path, fmt, tmp_path / fmt, ColumnMapping())[0]).to_pylist()
+        assert [(row[INPUT_ERROR] or "").split(":")[0] for row in rows] == ["", "invalid_unicode", "invalid_unicode", ""]
+        assert rows[1][INPUT_ERROR].startswith(f"invalid_unicode: {where} {1 if where == 'element' else 2}: a \\u escape")
+        assert rows[3]["laion_2b"] == "smile \U0001F600"
+
+
+def test_integers_too_wide_for_a_float_keep_their_digits(tmp_path):
+    values = [1.5, 9007199254740993, 3]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({**GOOD, "score": v, "id": int(v)}) + "\n" for v in values))
+    table = pq.read_table(stage_to_parquet(source, JSON_LINES, tmp_path / "s", ColumnMapping())[0])
+    assert table.column("score").to_pylist() == ["1.5", "9007199254740993", "3"]  # mixed: as JSON text
+    assert table.column("id").type == "int64" and table.column("id").to_pylist() == [1, 9007199254740993, 3]
+
+
+def test_a_record_with_the_staging_error_column_is_refused_naming_the_file(tmp_path):
+    source = tmp_path / "reserved.jsonl"
+    source.write_text(json.dumps({**GOOD, INPUT_ERROR: "mine"}) + "\n")
+    with pytest.raises(CapsfusError, match=f"reserved.jsonl: column {INPUT_ERROR} is capsfus-hpc's own"):
+        stage_to_parquet(source, JSON_LINES, tmp_path / "s", ColumnMapping())

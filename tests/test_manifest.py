@@ -1,10 +1,11 @@
 import json
 import os
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from capsfus_hpc.columns import ColumnMapping
+from capsfus_hpc.columns import INPUT_ERROR, ColumnMapping
 from capsfus_hpc.errors import CapsfusError
 from capsfus_hpc.manifest import build_manifest, load_manifest, plan_shards, verify_input
 
@@ -72,6 +73,23 @@ def test_an_input_column_the_worker_or_reduce_adds_is_refused(tmp_path, real_rec
     source = write_parquet(tmp_path / "a.parquet", rows)
     with pytest.raises(CapsfusError, match=rf"a.parquet: column\(s\) {column} clash with output columns; rename them"):
         build_manifest([source], tmp_path / "m.json", 10, ColumnMapping())
+
+
+def test_a_parquet_column_named_as_the_staging_errors_is_refused(tmp_path, real_records):
+    """Its values would reject valid rows under made-up reasons, and the column would vanish."""
+    source = write_parquet(tmp_path / "a.parquet", [{**row, INPUT_ERROR: None} for row in with_urls(real_records[:3])])
+    with pytest.raises(CapsfusError, match=rf"a.parquet: column {INPUT_ERROR} is capsfus-hpc's own"):
+        build_manifest([source], tmp_path / "m.json", 10, ColumnMapping())
+
+
+@pytest.mark.parametrize("repeated", ["laion_2b", "note"])
+def test_a_column_name_given_twice_in_a_file_is_refused_naming_it(tmp_path, real_records, repeated):
+    """(A repeated caption column failed every shard; a repeated passthrough one, the reduce.)"""
+    table = pa.Table.from_pylist([{**row, "note": "n"} for row in with_urls(real_records[:3])])
+    table = table.append_column(repeated, table.column(repeated))
+    pq.write_table(table, tmp_path / "twice.parquet")
+    with pytest.raises(CapsfusError, match=rf"twice.parquet: column\(s\) {repeated} appear more than once"):
+        build_manifest([tmp_path / "twice.parquet"], tmp_path / "m.json", 10, ColumnMapping())
 
 
 def test_a_file_twice_an_empty_input_and_a_folder_for_output_are_refused(tmp_path, real_records):
