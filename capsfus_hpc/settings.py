@@ -75,13 +75,27 @@ TUNABLE = ("num_beams", "max_new_tokens", "max_prompt_tokens", "dtype", "device_
 SAMPLE_BYTES = 2**20
 
 
+def cached_commit(model: str, revision: str | None) -> str | None:
+    """The commit of the hub model's snapshot in the local Hugging Face cache that `revision` (a
+    branch, tag or commit; None: main) names there, or None where the cache holds none."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(model, "config.json", revision=revision)
+    except (ValueError, OSError):  # not a hub id (the loader names the problem), or an unreadable cache
+        return None
+    return Path(found).parent.name if isinstance(found, str) else None
+
+
 def model_revision(model: str, revision: str | None) -> str | None:
-    """A hub id keeps the user's revision; a local folder is identified by its files: names and
-    sizes, JSON files whole, and the first and last MiB of the others (weights re-saved at the same
-    size differ there; reading them whole would take minutes for a 13B model at every resume)."""
+    """A hub id is pinned to the commit its cached snapshot has (so every task loads that one, however
+    the hub's branch moves later), else keeps the user's revision; a local folder is identified by
+    its files: names and sizes, JSON files whole, and the first and last MiB of the others (weights
+    re-saved at the same size differ there; reading them whole would take minutes for a 13B model
+    at every resume)."""
     folder = Path(model)
     if not folder.is_dir():
-        return revision
+        return cached_commit(model, revision) or revision
     digest = hashlib.sha256()
     for path in sorted(folder.iterdir()):
         if path.is_file():

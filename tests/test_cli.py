@@ -348,6 +348,29 @@ def test_the_run_options_a_user_gives_are_frozen_and_act_in_the_tasks(tmp_path, 
     assert again.returncode == 1 and "model_revision: run has 'v1', this command asks for 'v2'" in again.stderr
 
 
+def test_a_hub_id_is_pinned_to_the_commit_of_its_cached_snapshot(tmp_path, real_records, smoke_model, monkeypatch):
+    """Without the pin, each task loads whatever the cache's (or the hub's) main names when it starts."""
+    commit, later = "a" * 40, "b" * 40
+    repo = tmp_path / "hub" / "models--capsfus-test--tiny"
+    shutil.copytree(smoke_model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    capsfus("manifest", "build", write_parquet(tmp_path / "a.parquet", with_urls(real_records[:4])), "-o", tmp_path / "m.json")
+    common = ("--local", "--greedy", "--max-new-tokens", 4)
+    capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run", "--model", "capsfus-test/tiny", *common)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["model_revision"] == commit
+    assert json.loads(capsfus("status", tmp_path / "run", "--json").stdout)["counts"]["done"] == 1
+    # The cache's main moves on (a new download): the run's model is no longer what main names.
+    shutil.copytree(smoke_model, repo / "snapshots" / later)
+    (repo / "refs" / "main").write_text(later)
+    moved = capsfus("submit", tmp_path / "m.json", "-o", tmp_path / "run", "--model", "capsfus-test/tiny", *common,
+                    check=False)
+    assert moved.returncode == 1 and f"model_revision: run has '{commit}', this command asks for '{later}'" in moved.stderr
+    capsfus("resume", tmp_path / "run", "--local")  # the run's own commit, still in the cache
+
+
 def _final_rows(final) -> list[dict]:
     """Every row of a final folder: the data (reject_reason None) and the rejects."""
     data = pq.read_table(final / DATA_FILE).to_pylist()
