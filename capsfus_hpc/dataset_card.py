@@ -2,6 +2,9 @@
 
 The YAML header follows the Hugging Face datasets convention, so the folder loads with
 datasets.load_dataset(FOLDER) or load_dataset("parquet", data_files=FOLDER + "/data-*.parquet").
+Its dataset_info (rows and bytes of the data) is what tells one dataset from another to datasets'
+cache, which is named after the folder's name and the header alone: without it, a reduce into a
+folder of the same name loaded an earlier dataset from the cache.
 """
 
 from __future__ import annotations
@@ -46,6 +49,11 @@ configs:
   data_files:
   - split: train
     path: data-*.parquet
+dataset_info:
+  download_size: {stats['data_bytes']}
+  splits:
+  - name: train
+    num_examples: {stats['rows_out']}
 ---
 # CapsFusion captions
 

@@ -193,6 +193,7 @@ def assemble_task(final_dir: str, on_rows=None, cpus: int | None = None) -> dict
         "model": settings.model,
         "model_revision": settings.model_revision,
         "package_version": __version__,
+        "data_bytes": sum((out.root / name).stat().st_size for name in data.files),
         "files": {"data": data.files, "rejects": out.rejects.name,
                   "duplicates": out.duplicates.name if options.write_duplicates else None},
     }

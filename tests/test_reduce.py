@@ -329,6 +329,23 @@ def test_the_final_folder_loads_with_datasets_without_the_rejects(tmp_path, fini
     assert loaded["row_id"] == sorted(loaded["row_id"])
 
 
+def test_datasets_loads_each_reduce_into_a_folder_of_the_same_name_not_its_cache_of_another(
+        tmp_path, finished_run, _run_all, monkeypatch):
+    """datasets names its cache after the folder's name and the card's header only."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import datasets
+
+    _run_all(finished_run)
+    cache = str(tmp_path / "cache")
+    for folder, options in ((tmp_path / "a" / "final", ReduceOptions()),
+                            (tmp_path / "b" / "final", ReduceOptions(dedup_caption=True)),
+                            (tmp_path / "a" / "final", ReduceOptions(rules=CaptionRules(min_words=12)))):
+        stats = reduce_run(finished_run, folder, options)
+        loaded = datasets.load_dataset(str(folder), split="train", cache_dir=cache)
+        assert loaded.num_rows == stats["rows_out"]
+        assert loaded["row_id"] == pq.read_table(folder / DATA_FILE).column("row_id").to_pylist()
+
+
 def _file_bytes(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != STATS_FILE}
 
