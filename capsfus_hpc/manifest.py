@@ -227,7 +227,8 @@ def _check_key_type(file_schema: pa.Schema, key: str | None, source: Path) -> No
     if key is None or key not in file_schema.names:
         return
     kind = file_schema.field(key).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)):
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
+            or pa.types.is_null(kind)):  # (null: every value is; a null key is no key, as anywhere)
         raise CapsfusError(f"{source}: key column '{key}' is {kind}, not a string or integer column; "
                            f"name another with --key-column")
 

@@ -56,6 +56,8 @@ def load_rules(path: Path) -> CaptionRules:
         raise CapsfusError(f"{path}: no such rules file") from exc
     except (json.JSONDecodeError, AttributeError, TypeError) as exc:
         raise CapsfusError(f"{path}: not a JSON object of rule thresholds ({exc})") from exc
+    except CapsfusError as exc:  # a value the rules refuse
+        raise CapsfusError(f"{path}: {exc}") from exc
 
 
 @dataclass(frozen=True)

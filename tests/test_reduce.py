@@ -277,7 +277,8 @@ def test_a_rules_file_changes_what_is_rejected_and_a_bad_one_is_named(tmp_path, 
     assert "| `min_words` | 5 |" in (tmp_path / "strict" / "README.md").read_text()  # the card says which rules
 
     for text, named in (('{"min_wrods": 5}', "unknown caption rule 'min_wrods'"), ("[1, 2]", "not a JSON object"),
-                        ('{"min_words": 3', "not a JSON object"), ('{"max_chars": 5}', "a minimum length is over")):
+                        ('{"min_words": 3', "not a JSON object"), ('{"max_chars": 5}', "bad.json: caption rules: a minimum"),
+                        ('{"min_words": "x"}', "bad.json: caption rule 'min_words' must be a number")):
         bad = tmp_path / "bad.json"
         bad.write_text(text)
         result = capsfus("reduce", paths.root, "--final", tmp_path / "refused", "--rules", bad, check=False)
@@ -554,3 +555,17 @@ def test_an_input_of_arrow_view_types_is_fused_and_reduced_as_its_plain_twin(tmp
         stats = reduce_run(paths, tmp_path / f"{name}-final", ReduceOptions(write_duplicates=True))
         datasets.append((stats["rows_out"], [pq.read_table(p) for p in sorted((tmp_path / f"{name}-final").glob("*.parquet"))]))
     assert datasets[1] == datasets[0] and datasets[0][0] > 0
+
+
+def test_a_file_whose_key_column_is_all_null_is_taken_and_its_rows_have_no_key(tmp_path, real_records):
+    """pyarrow types an all-None column null; manifest build refused it as not a key column."""
+    records = real_records[:20]
+    unkeyed = [{**r, "image_url": None} for r in records[:10]]
+    keyed = [{**r, "image_url": f"u{i % 3}"} for i, r in enumerate(records[10:])]
+    pq.write_table(pa.Table.from_pylist(unkeyed), tmp_path / "a.parquet")
+    pq.write_table(pa.Table.from_pylist(keyed), tmp_path / "b.parquet")
+    assert pq.read_schema(tmp_path / "a.parquet").field("image_url").type == pa.null()
+    paths = make_run(tmp_path, [tmp_path / "a.parquet", tmp_path / "b.parquet"], "-", 5, chunk_rows=5)
+    run_with_official_captions(paths, records)
+    stats = reduce_run(paths, tmp_path / "final")
+    assert (stats["rows_out"], stats["duplicates"]) == (10 + 3, 7)
