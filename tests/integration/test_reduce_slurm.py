@@ -85,12 +85,14 @@ def test_a_failed_reduce_stage_stops_the_later_ones_and_status_watch_says_which(
     final = tmp_path / "final"
     held = SlurmOptions(cpus=1, mem="2G", time="10", extra=("--hold", f"--kill-on-invalid-dep={kill}"))
     jobs = submit_reduce(paths, final, OPTIONS, held, tasks=1)
+    lost = paths.part(2, 1).read_bytes()
     paths.part(2, 1).unlink()  # planned, then lost before the keys stage reads it
     for job in jobs:
         subprocess.run(["scontrol", "release", job.job_id], check=True)
     with pytest.raises(CapsfusError, match=rf"keys task {jobs[0].job_id}: FAILED"):
         wait_for_reduce(final, jobs, poll_s=0.5)
     assert not (final / STATS_FILE).exists()
+    paths.part(2, 1).write_bytes(lost)  # back (else status names that shard damaged first)
     # SLURM cancels the stages behind the failed one (our default), or keeps them queued, never to start
     # (slurmctld cancels them on its next pass over dependencies, so the states may need a moment to settle)
     behind = "CANCELLED" if kill == "yes" else NEVER_STARTS
