@@ -194,10 +194,11 @@ def _print_plan(plan, checks: list[tuple[bool, str]], as_json: bool) -> None:
 def _launch_local(paths: RunPaths, workers: int, shards_per_task: int, as_json: bool) -> None:
     _, run_manifest = load_run(paths)
     stages = [(CHECKING_PARTS, len(run_manifest.shards)), ("fusing", run_manifest.total_rows)]
+    every_shard = [shard.id for shard in run_manifest.shards]
     with stage_progress(console, stages) as (checked, advance):
-        shard_ids, outcomes = submit_local(
+        shard_ids, outcomes = submit_local(  # (the bar needs only the rows committed, not a status)
             paths, shards_per_task, workers, on_verified=checked,
-            on_poll=lambda: advance(gather_status(paths, run_manifest, slurm=False).rows_done))
+            on_poll=lambda: advance(rows_committed(paths, every_shard)))
     run_status = gather_status(paths, run_manifest, slurm=False)
     failed = [o for o in outcomes if o.error]
     if as_json:

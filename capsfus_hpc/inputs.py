@@ -2,8 +2,8 @@
 
 Workers only ever read parquet. A JSON list, JSON Lines or .jsonl.zst input is converted once
 to a staging parquet file; a line that cannot be read (bad UTF-8, malformed JSON, not an
-object, a lone surrogate escape) still becomes a row, with its captions null and the reason in INPUT_ERROR, so the
-worker rejects it with its line number instead of it vanishing.
+object, a lone surrogate escape) still becomes a row, with its captions null and the reason in
+INPUT_ERROR, so the worker rejects it with its line number instead of it vanishing.
 """
 
 from __future__ import annotations
